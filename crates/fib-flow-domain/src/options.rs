@@ -1,0 +1,472 @@
+//! Options: the manager's (with the reference's names and units for config files), a handler's
+//! registration defaults, a task's instance options, their resolution, and retention policies.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DomainError;
+use crate::model::{RetryBackoff, TaskStatus};
+use crate::serde_units;
+
+/// Manager configuration. Deserialises from the reference's option object: intervals in
+/// milliseconds (`poll_interval`, `*_heartbeat_*`), task durations in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerOptions {
+    /// Database URL (`dbConnection`): `sqlite::memory:`, `sqlite:PATH`, `sqlite://PATH`,
+    /// `postgres://…`, `postgresql://…`, `psql://…`, `mysql://…`.
+    #[serde(alias = "dbConnection")]
+    pub db_connection: String,
+    /// Optional backend name (`dbType`): `sqlite`, `postgres` (or `psql`), `mysql`; must agree
+    /// with the URL when given.
+    #[serde(alias = "dbType")]
+    pub db_type: Option<String>,
+    /// Idle wait between claim rounds when nothing is due (wake-ups cut it short).
+    #[serde(with = "serde_units::millis")]
+    pub poll_interval: Duration,
+    /// Default total attempts, the first included.
+    pub max_retries: u32,
+    /// Default delay before a retry.
+    #[serde(with = "serde_units::secs")]
+    pub retry_interval: Duration,
+    /// Default per-attempt time limit; `null` means none.
+    #[serde(with = "serde_units::opt_secs")]
+    pub timeout: Option<Duration>,
+    /// Executions this worker runs at once (at least 1).
+    pub max_concurrent_tasks: usize,
+    /// Period of the running-task heartbeat and of the maintenance sweeps.
+    #[serde(with = "serde_units::millis")]
+    pub task_heartbeat_interval: Duration,
+    /// A running task whose heartbeat is older than this is timed out.
+    #[serde(with = "serde_units::millis")]
+    pub task_heartbeat_timeout: Duration,
+    /// This process's worker id; generated as `worker-<uuid>` when absent.
+    pub worker_id: Option<String>,
+    /// Stable logical node id for worker recovery.
+    pub pod_id: Option<String>,
+    /// Period of the worker-registry heartbeat.
+    #[serde(with = "serde_units::millis")]
+    pub worker_heartbeat_interval: Duration,
+    /// Worker lease length.
+    #[serde(with = "serde_units::millis")]
+    pub worker_heartbeat_timeout: Duration,
+    /// Reclaim running tasks of dead or superseded workers.
+    pub recover_running_jobs: bool,
+    /// Backward-compatible retention shortcut (seconds); `retention.expire_time` wins.
+    #[serde(with = "serde_units::opt_secs")]
+    pub expire_time: Option<Duration>,
+    /// Explicit retention policy.
+    pub retention: Option<RetentionConfig>,
+    /// How often automatic retention runs (first run one cadence after start).
+    #[serde(with = "serde_units::millis")]
+    pub retention_interval: Duration,
+    /// How long `stop()` lets in-flight executions finish before releasing them.
+    #[serde(with = "serde_units::millis")]
+    pub stop_timeout: Duration,
+    /// Most tasks one claim round takes (bounded by free slots).
+    pub claim_batch_size: usize,
+    /// Database connections in the pool.
+    pub pool_size: usize,
+    /// How long to wait for a pooled connection.
+    #[serde(with = "serde_units::millis")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            db_connection: String::new(),
+            db_type: None,
+            poll_interval: Duration::from_millis(1000),
+            max_retries: 3,
+            retry_interval: Duration::ZERO,
+            timeout: Some(Duration::from_secs(60)),
+            max_concurrent_tasks: 10,
+            task_heartbeat_interval: Duration::from_millis(5000),
+            task_heartbeat_timeout: Duration::from_millis(30_000),
+            worker_id: None,
+            pod_id: None,
+            worker_heartbeat_interval: Duration::from_millis(5000),
+            worker_heartbeat_timeout: Duration::from_millis(30_000),
+            recover_running_jobs: true,
+            expire_time: None,
+            retention: None,
+            retention_interval: Duration::from_secs(300),
+            stop_timeout: Duration::from_secs(30),
+            claim_batch_size: 32,
+            pool_size: 5,
+            acquire_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
+    DomainError::InvalidOption {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl ManagerOptions {
+    /// Options for a database URL, everything else at its default.
+    pub fn new(db_connection: impl Into<String>) -> Self {
+        ManagerOptions {
+            db_connection: db_connection.into(),
+            ..ManagerOptions::default()
+        }
+    }
+
+    /// Checks every option; the first problem is returned as a typed error naming the field.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        if self.db_connection.trim().is_empty() {
+            return Err(invalid("db_connection", "a database URL is required"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(invalid("poll_interval", "must be greater than zero"));
+        }
+        if self.max_concurrent_tasks == 0 {
+            return Err(invalid("max_concurrent_tasks", "must be at least 1"));
+        }
+        if self.task_heartbeat_interval.is_zero() {
+            return Err(invalid(
+                "task_heartbeat_interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.task_heartbeat_timeout <= self.task_heartbeat_interval {
+            return Err(invalid(
+                "task_heartbeat_timeout",
+                "must be greater than task_heartbeat_interval",
+            ));
+        }
+        if self.worker_heartbeat_interval.is_zero() {
+            return Err(invalid(
+                "worker_heartbeat_interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.worker_heartbeat_timeout <= self.worker_heartbeat_interval {
+            return Err(invalid(
+                "worker_heartbeat_timeout",
+                "must be greater than worker_heartbeat_interval",
+            ));
+        }
+        if self.timeout.is_some_and(|timeout| timeout.is_zero()) {
+            return Err(invalid(
+                "timeout",
+                "must be greater than zero, or null for no limit",
+            ));
+        }
+        if let Some(worker_id) = &self.worker_id
+            && worker_id.trim().is_empty()
+        {
+            return Err(invalid("worker_id", "must not be empty"));
+        }
+        if let Some(pod_id) = &self.pod_id
+            && pod_id.trim().is_empty()
+        {
+            return Err(invalid("pod_id", "must not be empty"));
+        }
+        if self.retention_interval.is_zero() {
+            return Err(invalid("retention_interval", "must be greater than zero"));
+        }
+        if self.claim_batch_size == 0 {
+            return Err(invalid("claim_batch_size", "must be at least 1"));
+        }
+        if self.pool_size == 0 {
+            return Err(invalid("pool_size", "must be at least 1"));
+        }
+        if self.acquire_timeout.is_zero() {
+            return Err(invalid("acquire_timeout", "must be greater than zero"));
+        }
+        self.retention_policy()?;
+        Ok(())
+    }
+
+    /// The effective retention policy: `retention` overlaid on `expire_time`, with the
+    /// reference's defaults (1 hour for `sqlite::memory:`, else 1 day; statuses completed and
+    /// permanently_failed). `None` when retention is disabled (`expire_time` of zero).
+    pub fn retention_policy(&self) -> Result<Option<RetentionPolicy>, DomainError> {
+        let config = self.retention.clone().unwrap_or_default();
+        let default_expiry = if self.db_connection == "sqlite::memory:" {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_secs(86_400)
+        };
+        let expire_time = config
+            .expire_time
+            .or(self.expire_time)
+            .unwrap_or(default_expiry);
+        if expire_time.is_zero() {
+            return Ok(None);
+        }
+        let statuses = config
+            .statuses
+            .unwrap_or_else(|| RetentionPolicy::DEFAULT_STATUSES.to_vec());
+        RetentionPolicy::new(expire_time, statuses).map(Some)
+    }
+
+    /// The global task defaults these options imply.
+    pub fn task_defaults(&self) -> TaskDefaults {
+        TaskDefaults {
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+            retry_interval: self.retry_interval,
+            priority: 0,
+            retry_backoff: RetryBackoff::Fixed,
+        }
+    }
+}
+
+/// The retention part of the options, as written in a config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Age (seconds since last activity) after which eligible tasks are deleted.
+    #[serde(with = "serde_units::opt_secs")]
+    pub expire_time: Option<Duration>,
+    /// Eligible statuses.
+    pub statuses: Option<Vec<TaskStatus>>,
+}
+
+/// A validated retention policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetentionPolicy {
+    /// Tasks inactive for longer than this are eligible.
+    #[serde(with = "serde_units::secs")]
+    pub expire_time: Duration,
+    /// Eligible statuses (a non-empty subset of completed, permanently_failed, paused).
+    pub statuses: Vec<TaskStatus>,
+}
+
+impl RetentionPolicy {
+    /// Statuses retention may delete.
+    pub const ALLOWED_STATUSES: [TaskStatus; 3] = [
+        TaskStatus::Completed,
+        TaskStatus::PermanentlyFailed,
+        TaskStatus::Paused,
+    ];
+    /// Statuses deleted when the policy names none.
+    pub const DEFAULT_STATUSES: [TaskStatus; 2] =
+        [TaskStatus::Completed, TaskStatus::PermanentlyFailed];
+
+    /// Validates and normalises (duplicates removed, sorted) a policy.
+    pub fn new(expire_time: Duration, statuses: Vec<TaskStatus>) -> Result<Self, DomainError> {
+        if expire_time.is_zero() {
+            return Err(invalid(
+                "retention.expire_time",
+                "must be greater than zero",
+            ));
+        }
+        if statuses.is_empty() {
+            return Err(invalid(
+                "retention.statuses",
+                "must not be empty; allowed values are completed, permanently_failed, paused",
+            ));
+        }
+        if let Some(status) = statuses
+            .iter()
+            .find(|status| !Self::ALLOWED_STATUSES.contains(status))
+        {
+            return Err(invalid(
+                "retention.statuses",
+                format!(
+                    "`{status}` cannot be retained; allowed values are completed, permanently_failed, paused"
+                ),
+            ));
+        }
+        let mut statuses = statuses;
+        statuses.sort();
+        statuses.dedup();
+        Ok(RetentionPolicy {
+            expire_time,
+            statuses,
+        })
+    }
+}
+
+/// The global defaults every task starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskDefaults {
+    /// Per-attempt time limit.
+    pub timeout: Option<Duration>,
+    /// Total attempts.
+    pub max_retries: u32,
+    /// Retry delay.
+    pub retry_interval: Duration,
+    /// Priority.
+    pub priority: i32,
+    /// Retry growth.
+    pub retry_backoff: RetryBackoff,
+}
+
+/// Defaults given when a handler is registered; each overrides the global value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandlerOptions {
+    /// Per-attempt time limit; `Some(None)` means unlimited.
+    #[serde(with = "serde_units::opt_opt_secs")]
+    pub timeout: Option<Option<Duration>>,
+    /// Total attempts.
+    pub max_retries: Option<u32>,
+    /// Retry delay.
+    #[serde(with = "serde_units::opt_secs")]
+    pub retry_interval: Option<Duration>,
+    /// Priority.
+    pub priority: Option<i32>,
+    /// At most this many executions of this handler at once in this worker.
+    pub max_concurrent_tasks: Option<usize>,
+    /// Retry growth.
+    pub retry_backoff: Option<RetryBackoff>,
+    /// Human description (`get_task_info`).
+    pub description: Option<String>,
+}
+
+impl HandlerOptions {
+    /// Rejects a zero per-type concurrency limit and a zero timeout.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        if self.max_concurrent_tasks == Some(0) {
+            return Err(invalid(
+                "max_concurrent_tasks",
+                "must be at least 1 when given",
+            ));
+        }
+        if matches!(self.timeout, Some(Some(timeout)) if timeout.is_zero()) {
+            return Err(invalid(
+                "timeout",
+                "must be greater than zero, or None for no limit",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Options of one submitted task; each overrides the handler's and then the global value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskOptions {
+    /// Delay before the task is due (async tasks only).
+    #[serde(with = "serde_units::opt_secs")]
+    pub delay: Option<Duration>,
+    /// Priority (higher first).
+    pub priority: Option<i32>,
+    /// Tag.
+    pub tag: Option<String>,
+    /// Per-attempt time limit; `Some(None)` means unlimited.
+    #[serde(with = "serde_units::opt_opt_secs")]
+    pub timeout: Option<Option<Duration>>,
+    /// Total attempts.
+    pub max_retries: Option<u32>,
+    /// Retry delay.
+    #[serde(with = "serde_units::opt_secs")]
+    pub retry_interval: Option<Duration>,
+    /// Retry growth.
+    pub retry_backoff: Option<RetryBackoff>,
+    /// IANA time zone for a cron schedule (UTC when absent).
+    pub timezone: Option<String>,
+}
+
+impl TaskOptions {
+    /// Sets `delay`.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+    /// Sets `priority`.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+    /// Sets `tag`.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+    /// Sets `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(Some(timeout));
+        self
+    }
+    /// Removes the per-attempt time limit.
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = Some(None);
+        self
+    }
+    /// Sets `max_retries` (total attempts).
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = Some(max_retries);
+        self
+    }
+    /// Sets `retry_interval`.
+    pub fn retry_interval(mut self, retry_interval: Duration) -> Self {
+        self.retry_interval = Some(retry_interval);
+        self
+    }
+    /// Sets exponential or fixed retry back-off.
+    pub fn retry_backoff(mut self, retry_backoff: RetryBackoff) -> Self {
+        self.retry_backoff = Some(retry_backoff);
+        self
+    }
+    /// Sets the cron time zone.
+    pub fn timezone(mut self, timezone: impl Into<String>) -> Self {
+        self.timezone = Some(timezone.into());
+        self
+    }
+}
+
+/// Options after resolution: instance > handler > global.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedOptions {
+    /// Priority.
+    pub priority: i32,
+    /// Per-attempt limit.
+    pub timeout: Option<Duration>,
+    /// Total attempts (at least 1).
+    pub max_retries: i32,
+    /// Retry delay.
+    pub retry_interval: Duration,
+    /// Retry growth.
+    pub retry_backoff: RetryBackoff,
+}
+
+/// Resolves one task's options: each field from the instance, else the handler, else global.
+/// A `max_retries` of 0 means one attempt, like 1.
+pub fn resolve(
+    global: &TaskDefaults,
+    handler: &HandlerOptions,
+    instance: &TaskOptions,
+) -> Result<ResolvedOptions, DomainError> {
+    let timeout = instance
+        .timeout
+        .or(handler.timeout)
+        .unwrap_or(global.timeout);
+    if timeout.is_some_and(|timeout| timeout.is_zero()) {
+        return Err(invalid(
+            "timeout",
+            "must be greater than zero, or None for no limit",
+        ));
+    }
+    let max_retries = instance
+        .max_retries
+        .or(handler.max_retries)
+        .unwrap_or(global.max_retries)
+        .max(1);
+    Ok(ResolvedOptions {
+        priority: instance
+            .priority
+            .or(handler.priority)
+            .unwrap_or(global.priority),
+        timeout,
+        max_retries: i32::try_from(max_retries)
+            .map_err(|_| invalid("max_retries", format!("must be at most {}", i32::MAX)))?,
+        retry_interval: instance
+            .retry_interval
+            .or(handler.retry_interval)
+            .unwrap_or(global.retry_interval),
+        retry_backoff: instance
+            .retry_backoff
+            .or(handler.retry_backoff)
+            .unwrap_or(global.retry_backoff),
+    })
+}

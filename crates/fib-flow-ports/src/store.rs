@@ -1,0 +1,210 @@
+//! The storage port.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use fib_flow_domain::progress::HandlerRecord;
+use fib_flow_domain::query::{
+    AttemptQuery, DeleteFilter, EventQuery, Page, PageBounds, TagStat, TaskQuery,
+};
+use fib_flow_domain::{
+    ChildFailurePolicy, ChildResult, Command, ExpiryKind, NewTask, Task, TaskAttempt, TaskEvent,
+    TaskId, TaskStatus,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::PortError;
+
+/// A handler name the worker can claim, with its remaining per-type capacity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimName {
+    /// Handler name.
+    pub name: String,
+    /// At most this many of this name in this claim (`None`: only the overall limit applies).
+    pub max: Option<u32>,
+}
+
+/// One claim round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRequest {
+    /// The claiming worker.
+    pub worker_id: String,
+    /// Claim instant; only tasks with `next_run_time <= now` are due.
+    pub now: DateTime<Utc>,
+    /// Most tasks to claim.
+    pub limit: u32,
+    /// Names eligible for this round.
+    pub names: Vec<ClaimName>,
+}
+
+/// A handler's `next(children)`: children to insert and the parent's suspension, atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpawnRequest {
+    /// The parent.
+    pub parent_id: TaskId,
+    /// The parent's running attempt (fence).
+    pub attempt: i32,
+    /// Children, fully resolved (`parent_id`, `root_id`, `parent_round` set).
+    pub children: Vec<NewTask>,
+    /// New context for the parent (`None` keeps it).
+    pub context: Option<Vec<u8>>,
+    /// Child failure policy of this round.
+    pub policy: ChildFailurePolicy,
+    /// The instant of the write.
+    pub now: DateTime<Utc>,
+}
+
+/// A running attempt a sweep found past its deadline or heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its running attempt.
+    pub attempt: i32,
+    /// Which limit it exceeded.
+    pub kind: ExpiryKind,
+}
+
+/// One retention batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionRun {
+    /// Eligible statuses.
+    pub statuses: Vec<TaskStatus>,
+    /// Tasks whose `COALESCE(last_active_time, created_at)` is before this are expired.
+    pub cutoff: DateTime<Utc>,
+    /// Most tasks deleted in this batch (whole workflows only).
+    pub batch_size: u32,
+}
+
+/// What a retention run deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionReport {
+    /// Task rows.
+    pub tasks_deleted: u64,
+    /// Event rows.
+    pub events_deleted: u64,
+    /// Attempt rows.
+    pub attempts_deleted: u64,
+}
+
+impl std::ops::AddAssign for RetentionReport {
+    fn add_assign(&mut self, other: Self) {
+        self.tasks_deleted += other.tasks_deleted;
+        self.events_deleted += other.events_deleted;
+        self.attempts_deleted += other.attempts_deleted;
+    }
+}
+
+/// Everything fib-flow persists. Implementations: one per backend (fib-flow-diesel).
+///
+/// Every method that changes more than one row does so in one transaction. Transitions are
+/// computed by [`fib_flow_domain::apply`] and written with its guard, so a concurrent change
+/// makes the write fail cleanly instead of overwriting.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Backend name (`sqlite`, `postgres`, `mysql`), for logs and errors.
+    fn backend(&self) -> &'static str;
+
+    /// Applies pending migrations; a no-op when the schema is current.
+    async fn migrate(&self) -> Result<(), PortError>;
+
+    /// Inserts tasks and their `task_created` events in one transaction; ids in input order.
+    async fn insert_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>, PortError>;
+
+    /// Claims up to `limit` due pending tasks, in `priority DESC, next_run_time ASC, id ASC`
+    /// order, skipping rows other workers hold; opens their attempts and writes their claim
+    /// events in the same transaction. Returns the claimed snapshots.
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>, PortError>;
+
+    /// Applies a command to a task in one transaction (with the parent bookkeeping of a child
+    /// that settles). Returns the new snapshot. A fenced command whose attempt no longer owns
+    /// the task fails with [`PortError::Stale`]; an illegal one with [`PortError::Rejected`].
+    async fn apply(
+        &self,
+        task_id: TaskId,
+        command: Command,
+        now: DateTime<Utc>,
+    ) -> Result<Task, PortError>;
+
+    /// Inserts a parent's children and suspends the parent, in one transaction.
+    async fn spawn_children(&self, request: SpawnRequest) -> Result<Vec<TaskId>, PortError>;
+
+    /// Refreshes `last_active_time` of the given running attempts owned by `worker_id`.
+    /// Returns how many rows were refreshed.
+    async fn heartbeat(
+        &self,
+        worker_id: String,
+        attempts: Vec<(TaskId, i32)>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, PortError>;
+
+    /// Writes a handler's checkpoint or progress event (and progress snapshot fields), fenced by
+    /// the event's task and attempt. Returns the event id.
+    async fn record(&self, record: HandlerRecord) -> Result<i64, PortError>;
+
+    /// Running attempts whose deadline is before `now` or whose last activity is before
+    /// `heartbeat_cutoff`, at most `limit`.
+    async fn expired_attempts(
+        &self,
+        now: DateTime<Utc>,
+        heartbeat_cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Expiry>, PortError>;
+
+    /// Children of a parent round that have not settled yet.
+    async fn outstanding_children(&self, parent_id: TaskId, round: i32) -> Result<i32, PortError>;
+
+    /// One task.
+    async fn get_task(&self, task_id: TaskId) -> Result<Option<Task>, PortError>;
+
+    /// Every task matching the filter, ordered by id.
+    async fn list_tasks(&self, query: TaskQuery) -> Result<Vec<Task>, PortError>;
+
+    /// A page of tasks ordered by `created_at, id`.
+    async fn query_tasks(
+        &self,
+        query: TaskQuery,
+        page: PageBounds,
+    ) -> Result<Page<Task>, PortError>;
+
+    /// Outcomes of the children of one parent round, in child id order.
+    async fn child_results(
+        &self,
+        parent_id: TaskId,
+        round: i32,
+    ) -> Result<Vec<ChildResult>, PortError>;
+
+    /// Counts grouped by (tag, name, status), ordered by those keys.
+    async fn task_stats(
+        &self,
+        tag: Option<String>,
+        status: Option<TaskStatus>,
+    ) -> Result<Vec<TagStat>, PortError>;
+
+    /// Deletes matching tasks with their events and attempts in one transaction.
+    async fn delete_tasks(&self, filter: DeleteFilter) -> Result<u64, PortError>;
+
+    /// A page of events ordered by `event_time, id`.
+    async fn query_events(
+        &self,
+        query: EventQuery,
+        page: PageBounds,
+    ) -> Result<Page<TaskEvent>, PortError>;
+
+    /// A page of attempts: by `attempt, id` for one task, by `started_at, id` for a workflow.
+    async fn query_attempts(
+        &self,
+        query: AttemptQuery,
+        page: PageBounds,
+    ) -> Result<Page<TaskAttempt>, PortError>;
+
+    /// Deletes one batch of expired workflows (every member eligible) with their audit rows.
+    async fn purge_expired(&self, run: RetentionRun) -> Result<RetentionReport, PortError>;
+
+    /// Resolves when another process may have made work due (PostgreSQL LISTEN/NOTIFY).
+    /// Backends without notifications never resolve; the runtime also polls.
+    async fn wait_for_notification(&self);
+
+    /// Closes the pool and any listener.
+    async fn close(&self);
+}
