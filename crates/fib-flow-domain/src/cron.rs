@@ -6,6 +6,10 @@
 //! croner extensions are accepted as well because they cannot change the meaning of a
 //! reference expression: `W` (nearest weekday) in day-of-month and a leading `+` in
 //! day-of-week (day-of-month AND day-of-week). A seventh (year) field is rejected.
+//!
+//! Daylight-saving changes in a named zone follow croner: a wall time the clock skips runs
+//! when the clock resumes (02:30 → 03:00), a fixed wall time the clock repeats runs once (the
+//! first time), and sub-hourly patterns keep running through both halves of a repeated hour.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use croner::Cron;
@@ -407,6 +411,58 @@ mod tests {
             DomainError::InvalidTimezone {
                 value: "Mars/Olympus_Mons".to_owned()
             }
+        );
+    }
+
+    #[test]
+    fn a_fixed_time_in_a_skipped_hour_runs_when_the_clock_resumes() {
+        // 2026-03-08 02:00 EST jumps to 03:00 EDT in New York.
+        let schedule =
+            CronSchedule::parse("30 2 * * *", Some("America/New_York")).expect("valid schedule");
+        let mut cursor = at(2026, 3, 7, 12, 0, 0);
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            cursor = schedule.next_after(cursor).expect("occurrence");
+            runs.push(cursor);
+        }
+        // 03:00 EDT on the day of the gap, then 02:30 EDT again.
+        assert_eq!(
+            runs,
+            vec![at(2026, 3, 8, 7, 0, 0), at(2026, 3, 9, 6, 30, 0)]
+        );
+    }
+
+    #[test]
+    fn a_fixed_time_in_a_repeated_hour_runs_once() {
+        // 2026-11-01 02:00 EDT falls back to 01:00 EST in New York.
+        let schedule =
+            CronSchedule::parse("30 1 * * *", Some("America/New_York")).expect("valid schedule");
+        let first = schedule
+            .next_after(at(2026, 10, 31, 12, 0, 0))
+            .expect("occurrence");
+        assert_eq!(first, at(2026, 11, 1, 5, 30, 0)); // 01:30 EDT
+        let second = schedule.next_after(first).expect("occurrence");
+        assert_eq!(second, at(2026, 11, 2, 6, 30, 0)); // 01:30 EST the next day
+    }
+
+    #[test]
+    fn an_interval_runs_through_both_halves_of_a_repeated_hour() {
+        let schedule =
+            CronSchedule::parse("*/30 * * * *", Some("America/New_York")).expect("valid schedule");
+        let mut cursor = at(2026, 11, 1, 5, 0, 0); // 01:00 EDT
+        let mut runs = Vec::new();
+        for _ in 0..4 {
+            cursor = schedule.next_after(cursor).expect("occurrence");
+            runs.push(cursor);
+        }
+        assert_eq!(
+            runs,
+            vec![
+                at(2026, 11, 1, 5, 30, 0), // 01:30 EDT
+                at(2026, 11, 1, 6, 0, 0),  // 01:00 EST
+                at(2026, 11, 1, 6, 30, 0), // 01:30 EST
+                at(2026, 11, 1, 7, 0, 0),  // 02:00 EST
+            ]
         );
     }
 }
