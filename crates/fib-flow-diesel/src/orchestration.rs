@@ -1,0 +1,1063 @@
+//! The storage logic written once for every backend.
+//!
+//! diesel-async has no multi-backend connection and generic diesel code over backends needs
+//! unwieldy bounds, so the logic is a macro expanded once per backend module (as `mod ops`).
+//! The backend module supplies the few statements whose SQL differs:
+//!
+//! - `type Conn`, `type Db`, `const BACKEND: &str`;
+//! - `async fn lock_task(&mut Conn, i64) -> QueryResult<Option<TaskRow>>` (row lock where the
+//!   backend has them);
+//! - `async fn insert_task_row(&mut Conn, &TaskValues) -> QueryResult<i64>` and
+//!   `async fn insert_event_row(&mut Conn, &NewEventRow) -> QueryResult<i64>` (RETURNING or
+//!   `LAST_INSERT_ID()`);
+//! - `async fn insert_event_rows(&mut Conn, Vec<NewEventRow>)` and `insert_attempt_rows`
+//!   (multi-row inserts; SQLite needs the sync connection for those);
+//! - `async fn select_claimable(&mut Conn, &[String], now_ms, limit) -> QueryResult<Vec<TaskRow>>`
+//!   (SKIP LOCKED where available);
+//! - `async fn notify_due(&mut Conn) -> QueryResult<()>` (PostgreSQL NOTIFY, else nothing).
+//!
+//! Everything here runs inside a transaction the caller opened, except the plain reads.
+
+use diesel::sql_types::{BigInt, Nullable};
+
+diesel::define_sql_function! {
+    /// `COALESCE(a, b)`: the retention clock `COALESCE(last_active_time, created_at)`.
+    fn coalesce(a: Nullable<BigInt>, b: BigInt) -> BigInt;
+}
+
+/// Rows per multi-row insert or `IN (...)` list: well under SQLite's and PostgreSQL's bind
+/// parameter limits for the widest row we write (13 columns).
+pub(crate) const CHUNK: usize = 500;
+
+/// Expands the shared operations as `mod ops` inside a backend module.
+macro_rules! store_ops {
+    () => {
+        pub(crate) mod ops {
+            #![allow(clippy::too_many_arguments)]
+            use std::collections::HashMap;
+
+            use chrono::{DateTime, Utc};
+            use diesel::prelude::*;
+            use diesel::dsl::{count_star, exists, not};
+            use diesel_async::RunQueryDsl;
+            use fib_flow_domain::query::{
+                AttemptQuery, DeleteFilter, EventQuery, Order, Page, PageBounds, TagStat,
+                TaskQuery,
+            };
+            use fib_flow_domain::time::to_millis;
+            use fib_flow_domain::{
+                AttemptChange, ChildResult, ChildSettlement, Command, ExpiryKind, NewTask,
+                ParentEffect, Task, TaskAttempt, TaskEvent, TaskId, TaskStatus, Transition,
+            };
+            use fib_flow_domain::progress::HandlerRecord;
+            use fib_flow_ports::{ClaimRequest, Expiry, PortError, RetentionReport, RetentionRun, SpawnRequest};
+
+            use $crate::error::{domain_error, TxError};
+            use $crate::orchestration::{coalesce, CHUNK};
+            use $crate::rows::{
+                child_result, created_event, normalized, status_from_text, AttemptRow, ChildRow,
+                EventRow, NewAttemptRow, NewEventRow, RecordChanges, TaskRow, TaskValues,
+            };
+            use $crate::schema::fib_flow_task_attempts as a;
+            use $crate::schema::fib_flow_task_events as e;
+            use $crate::schema::fib_flow_tasks as t;
+
+            use super::{
+                insert_attempt_rows, insert_event_row, insert_event_rows, insert_task_row, lock_task, notify_due, select_claimable,
+                Conn, Db, BACKEND,
+            };
+
+            type Tx<T> = Result<T, TxError>;
+
+            const SETTLED: [&str; 2] = ["completed", "permanently_failed"];
+
+            fn limit_i64(value: impl TryInto<i64>) -> i64 {
+                value.try_into().unwrap_or(i64::MAX)
+            }
+
+            fn count_u64(value: i64) -> u64 {
+                u64::try_from(value).unwrap_or(0)
+            }
+
+            async fn load_task(conn: &mut Conn, id: i64) -> Tx<Option<Task>> {
+                match lock_task(conn, id).await? {
+                    Some(row) => Ok(Some(row.into_task()?)),
+                    None => Ok(None),
+                }
+            }
+
+            async fn insert_events(conn: &mut Conn, rows: &[NewEventRow]) -> Tx<()> {
+                for chunk in rows.chunks(CHUNK) {
+                    insert_event_rows(conn, chunk.to_vec()).await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_attempts(conn: &mut Conn, rows: &[NewAttemptRow]) -> Tx<()> {
+                for chunk in rows.chunks(CHUNK) {
+                    insert_attempt_rows(conn, chunk.to_vec()).await?;
+                }
+                Ok(())
+            }
+
+            /// Pending and due: a waiting worker elsewhere may want to know.
+            fn is_due(task: &Task, now: DateTime<Utc>) -> bool {
+                task.status == TaskStatus::Pending && task.next_run_time <= now
+            }
+
+            /// Writes the new row guarded by the status and attempt it was read with.
+            async fn write_row(conn: &mut Conn, tr: &Transition) -> Tx<()> {
+                let values = TaskValues::from_task(&tr.task);
+                let written = diesel::update(
+                    t::table
+                        .filter(t::id.eq(tr.task.id.0))
+                        .filter(t::status.eq(tr.guard.status.as_str()))
+                        .filter(t::attempt.eq(tr.guard.attempt)),
+                )
+                .set(&values)
+                .execute(conn)
+                .await?;
+                if written == 0 {
+                    return Err(PortError::Stale {
+                        task_id: tr.task.id,
+                        attempt: tr.guard.attempt,
+                    }
+                    .into());
+                }
+                Ok(())
+            }
+
+            async fn close_attempt(conn: &mut Conn, change: &AttemptChange) -> Tx<()> {
+                if let AttemptChange::Close(close) = change {
+                    diesel::update(
+                        a::table
+                            .filter(a::task_id.eq(close.task_id.0))
+                            .filter(a::attempt.eq(close.attempt))
+                            .filter(a::ended_at.is_null()),
+                    )
+                    .set((
+                        a::ended_at.eq(to_millis(close.ended_at)),
+                        a::outcome.eq(close.outcome.as_str()),
+                        a::error.eq(close.error.clone()),
+                        a::timeout_flag.eq(close.timeout_flag),
+                    ))
+                    .execute(conn)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            /// Persists one transition: guarded row write, attempt open/close, events.
+            async fn persist(conn: &mut Conn, tr: &Transition, now: DateTime<Utc>) -> Tx<()> {
+                write_row(conn, tr).await?;
+                match &tr.attempt {
+                    Some(AttemptChange::Open(open)) => {
+                        insert_attempts(conn, &[NewAttemptRow::from(open)]).await?
+                    }
+                    Some(change) => close_attempt(conn, change).await?,
+                    None => {}
+                }
+                let events: Vec<NewEventRow> = tr.events.iter().map(NewEventRow::from).collect();
+                insert_events(conn, &events).await?;
+                if is_due(&tr.task, now) {
+                    notify_due(conn).await?;
+                }
+                Ok(())
+            }
+
+            async fn count_outstanding(conn: &mut Conn, parent: i64, round: i32) -> Tx<i64> {
+                Ok(t::table
+                    .filter(t::parent_id.eq(parent))
+                    .filter(t::parent_round.eq(round))
+                    .filter(t::status.ne_all(SETTLED))
+                    .count()
+                    .get_result::<i64>(conn)
+                    .await?)
+            }
+
+            /// Reports settled children to their parents (and grandparents, when a parent
+            /// settles in turn), each in this transaction. A missing parent is logged and
+            /// ends the chain: a deleted workflow must not make its orphans' writes fail.
+            async fn settle_parents(
+                conn: &mut Conn,
+                mut effect: Option<ParentEffect>,
+                now: DateTime<Utc>,
+            ) -> Tx<()> {
+                while let Some(settled) = effect {
+                    let Some(parent) = load_task(conn, settled.parent_id.0).await? else {
+                        tracing::warn!(
+                            backend = BACKEND,
+                            parent_id = %settled.parent_id,
+                            child_id = %settled.child_id,
+                            "a child settled but its parent no longer exists; nothing to notify"
+                        );
+                        return Ok(());
+                    };
+                    let outstanding =
+                        count_outstanding(conn, settled.parent_id.0, settled.round).await?;
+                    let command = Command::ChildSettled(ChildSettlement {
+                        child_id: settled.child_id,
+                        round: settled.round,
+                        failed: settled.failed,
+                        outstanding: i32::try_from(outstanding).unwrap_or(i32::MAX),
+                    });
+                    let tr = fib_flow_domain::apply(&parent, command, now).map_err(domain_error)?;
+                    if tr.is_noop(&parent) {
+                        return Ok(());
+                    }
+                    persist(conn, &tr, now).await?;
+                    effect = tr.parent;
+                }
+                Ok(())
+            }
+
+            pub(crate) async fn apply_tx(
+                conn: &mut Conn,
+                task_id: TaskId,
+                command: Command,
+                now: DateTime<Utc>,
+            ) -> Tx<Task> {
+                let before = load_task(conn, task_id.0)
+                    .await?
+                    .ok_or(PortError::NotFound(task_id))?;
+                let tr = fib_flow_domain::apply(&before, command, now).map_err(domain_error)?;
+                if tr.is_noop(&before) {
+                    return Ok(before);
+                }
+                persist(conn, &tr, now).await?;
+                settle_parents(conn, tr.parent, now).await?;
+                Ok(normalized(&tr.task))
+            }
+
+            /// Inserts tasks one by one (ids in input order on every backend), then their
+            /// `task_created` events in one statement.
+            pub(crate) async fn insert_tasks_tx(conn: &mut Conn, tasks: &[NewTask]) -> Tx<Vec<TaskId>> {
+                let mut ids = Vec::with_capacity(tasks.len());
+                let mut events = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    let id = TaskId(insert_task_row(conn, &TaskValues::from_new(task)).await?);
+                    events.push(created_event(task, id));
+                    ids.push(id);
+                }
+                insert_events(conn, &events).await?;
+                if tasks.iter().any(|task| task.next_run_time <= task.created_at) {
+                    notify_due(conn).await?;
+                }
+                Ok(ids)
+            }
+
+            pub(crate) async fn spawn_tx(conn: &mut Conn, request: SpawnRequest) -> Tx<Vec<TaskId>> {
+                // Lock the parent first so a concurrent transition of it waits for (or beats)
+                // this one before any child row exists.
+                if load_task(conn, request.parent_id.0).await?.is_none() {
+                    return Err(PortError::NotFound(request.parent_id).into());
+                }
+                let ids = insert_tasks_tx(conn, &request.children).await?;
+                let command = Command::AwaitChildren {
+                    attempt: request.attempt,
+                    child_ids: ids.clone(),
+                    child_names: request.children.iter().map(|c| c.name.clone()).collect(),
+                    context: request.context,
+                    policy: request.policy,
+                };
+                apply_tx(conn, request.parent_id, command, request.now).await?;
+                Ok(ids)
+            }
+
+            /// Due candidates: the uncapped names in one query, each capped name in its own
+            /// query limited to its cap, merged in claim order. Fetching per cap (rather than
+            /// dropping rows after one query) keeps a capped name with many due tasks from
+            /// starving the others in the same round.
+            async fn claim_candidates(conn: &mut Conn, request: &ClaimRequest) -> Tx<Vec<TaskRow>> {
+                let now = to_millis(request.now);
+                let limit = i64::from(request.limit);
+                let mut uncapped: Vec<String> = Vec::new();
+                let mut capped: HashMap<String, u32> = HashMap::new();
+                for entry in &request.names {
+                    match entry.max {
+                        None => uncapped.push(entry.name.clone()),
+                        Some(max) => {
+                            let slot = capped.entry(entry.name.clone()).or_insert(max);
+                            *slot = (*slot).min(max);
+                        }
+                    }
+                }
+                // A name listed both with and without a cap keeps its cap.
+                uncapped.retain(|name| !capped.contains_key(name));
+                uncapped.sort();
+                uncapped.dedup();
+                let mut rows = Vec::new();
+                if !uncapped.is_empty() {
+                    rows.extend(select_claimable(conn, &uncapped, now, limit).await?);
+                }
+                let mut capped: Vec<(String, u32)> = capped.into_iter().collect();
+                capped.sort();
+                for (name, max) in capped {
+                    let cap = i64::from(max).min(limit);
+                    if cap > 0 {
+                        rows.extend(select_claimable(conn, &[name], now, cap).await?);
+                    }
+                }
+                rows.sort_by(|x, y| {
+                    y.priority
+                        .cmp(&x.priority)
+                        .then(x.next_run_time.cmp(&y.next_run_time))
+                        .then(x.id.cmp(&y.id))
+                });
+                rows.truncate(usize::try_from(request.limit).unwrap_or(usize::MAX));
+                Ok(rows)
+            }
+
+            pub(crate) async fn claim_tx(conn: &mut Conn, request: &ClaimRequest) -> Tx<Vec<Task>> {
+                let rows = claim_candidates(conn, request).await?;
+                let mut claimed = Vec::with_capacity(rows.len());
+                let mut attempts = Vec::with_capacity(rows.len());
+                let mut events = Vec::with_capacity(rows.len() * 2);
+                for row in rows {
+                    let before = row.into_task()?;
+                    let command = Command::Claim {
+                        worker_id: request.worker_id.clone(),
+                    };
+                    let tr = match fib_flow_domain::apply(&before, command, request.now) {
+                        Ok(tr) => tr,
+                        Err(error) => {
+                            // The query only returns due pending rows, so this means the
+                            // domain and the query disagree; skip the row rather than fail
+                            // the whole round.
+                            tracing::warn!(backend = BACKEND, task_id = %before.id, %error, "claim rejected by the domain");
+                            continue;
+                        }
+                    };
+                    write_row(conn, &tr).await?;
+                    if let Some(AttemptChange::Open(open)) = &tr.attempt {
+                        attempts.push(NewAttemptRow::from(open));
+                    }
+                    events.extend(tr.events.iter().map(NewEventRow::from));
+                    claimed.push(normalized(&tr.task));
+                }
+                insert_attempts(conn, &attempts).await?;
+                insert_events(conn, &events).await?;
+                Ok(claimed)
+            }
+
+            /// One UPDATE per distinct attempt number (usually one in all).
+            pub(crate) async fn heartbeat_q(
+                conn: &mut Conn,
+                worker_id: &str,
+                attempts: &[(TaskId, i32)],
+                now: DateTime<Utc>,
+            ) -> Tx<u64> {
+                let mut by_attempt: HashMap<i32, Vec<i64>> = HashMap::new();
+                for (task_id, attempt) in attempts {
+                    by_attempt.entry(*attempt).or_default().push(task_id.0);
+                }
+                let mut refreshed = 0u64;
+                for (attempt, ids) in by_attempt {
+                    for chunk in ids.chunks(CHUNK) {
+                        let n = diesel::update(
+                            t::table
+                                .filter(t::status.eq(TaskStatus::Running.as_str()))
+                                .filter(t::worker_id.eq(worker_id))
+                                .filter(t::attempt.eq(attempt))
+                                .filter(t::id.eq_any(chunk)),
+                        )
+                        .set(t::last_active_time.eq(to_millis(now)))
+                        .execute(conn)
+                        .await?;
+                        refreshed += n as u64;
+                    }
+                }
+                Ok(refreshed)
+            }
+
+            pub(crate) async fn record_tx(conn: &mut Conn, record: &HandlerRecord) -> Tx<i64> {
+                let event = &record.event;
+                let attempt = event.attempt.unwrap_or(-1);
+                let changes = RecordChanges {
+                    last_active_time: to_millis(event.event_time),
+                    last_event_time: to_millis(event.event_time),
+                    last_event_type: event.event_type.as_str().to_owned(),
+                    current_stage_name: record.stage_name.clone(),
+                    progress_text: record.progress_text.clone(),
+                    progress_percent: record.progress_percent,
+                };
+                let written = diesel::update(
+                    t::table
+                        .filter(t::id.eq(event.task_id.0))
+                        .filter(t::status.eq(TaskStatus::Running.as_str()))
+                        .filter(t::attempt.eq(attempt)),
+                )
+                .set(&changes)
+                .execute(conn)
+                .await?;
+                if written == 0 {
+                    return Err(PortError::Stale {
+                        task_id: event.task_id,
+                        attempt,
+                    }
+                    .into());
+                }
+                Ok(insert_event_row(conn, &NewEventRow::from(event)).await?)
+            }
+
+            pub(crate) async fn expired_q(
+                conn: &mut Conn,
+                now: DateTime<Utc>,
+                heartbeat_cutoff: DateTime<Utc>,
+                limit: u32,
+            ) -> Tx<Vec<Expiry>> {
+                let now = to_millis(now);
+                let cutoff = to_millis(heartbeat_cutoff);
+                let rows: Vec<(i64, i32, Option<i64>)> = t::table
+                    .filter(t::status.eq(TaskStatus::Running.as_str()))
+                    .filter(t::deadline.lt(now).or(t::last_active_time.lt(cutoff)))
+                    .order(t::id.asc())
+                    .limit(i64::from(limit))
+                    .select((t::id, t::attempt, t::deadline))
+                    .load(conn)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, attempt, deadline)| Expiry {
+                        task_id: TaskId(id),
+                        attempt,
+                        kind: if deadline.is_some_and(|d| d < now) {
+                            ExpiryKind::Deadline
+                        } else {
+                            ExpiryKind::Heartbeat
+                        },
+                    })
+                    .collect())
+            }
+
+            pub(crate) async fn outstanding_q(conn: &mut Conn, parent: TaskId, round: i32) -> Tx<i32> {
+                let n = count_outstanding(conn, parent.0, round).await?;
+                Ok(i32::try_from(n).unwrap_or(i32::MAX))
+            }
+
+            pub(crate) async fn get_task_q(conn: &mut Conn, id: TaskId) -> Tx<Option<Task>> {
+                let row = t::table
+                    .find(id.0)
+                    .select(TaskRow::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?;
+                Ok(row.map(TaskRow::into_task).transpose()?)
+            }
+
+            fn task_filter(query: &TaskQuery) -> t::BoxedQuery<'static, Db> {
+                let mut q = t::table.into_boxed();
+                if let Some(v) = &query.name {
+                    q = q.filter(t::name.eq(v.clone()));
+                }
+                if let Some(v) = query.status {
+                    q = q.filter(t::status.eq(v.as_str()));
+                }
+                if let Some(v) = query.task_type {
+                    q = q.filter(t::task_type.eq(v.as_str()));
+                }
+                if let Some(v) = &query.tag {
+                    q = q.filter(t::tag.eq(v.clone()));
+                }
+                if let Some(v) = &query.worker_id {
+                    q = q.filter(t::worker_id.eq(v.clone()));
+                }
+                if let Some(v) = query.parent_id {
+                    q = q.filter(t::parent_id.eq(v.0));
+                }
+                if let Some(v) = query.root_id {
+                    q = q.filter(t::root_id.eq(v.0));
+                }
+                if let Some(v) = query.workflow_root_id {
+                    q = q.filter(t::id.eq(v.0).or(t::root_id.eq(v.0).assume_not_null()));
+                }
+                if let Some(v) = &query.suspend_reason {
+                    q = q.filter(t::suspend_reason.eq(v.clone()));
+                }
+                q
+            }
+
+            fn decode_tasks(rows: Vec<TaskRow>) -> Tx<Vec<Task>> {
+                Ok(rows
+                    .into_iter()
+                    .map(TaskRow::into_task)
+                    .collect::<Result<Vec<_>, _>>()?)
+            }
+
+            pub(crate) async fn list_tasks_q(conn: &mut Conn, query: &TaskQuery) -> Tx<Vec<Task>> {
+                let rows = task_filter(query)
+                    .order(t::id.asc())
+                    .select(TaskRow::as_select())
+                    .load(conn)
+                    .await?;
+                decode_tasks(rows)
+            }
+
+            pub(crate) async fn query_tasks_q(
+                conn: &mut Conn,
+                query: &TaskQuery,
+                page: PageBounds,
+            ) -> Tx<Page<Task>> {
+                let total: i64 = task_filter(query).count().get_result(conn).await?;
+                let q = task_filter(query);
+                let q = match page.order {
+                    Order::Asc => q.order((t::created_at.asc(), t::id.asc())),
+                    Order::Desc => q.order((t::created_at.desc(), t::id.desc())),
+                };
+                let rows = q
+                    .limit(i64::from(page.limit))
+                    .offset(limit_i64(page.offset))
+                    .select(TaskRow::as_select())
+                    .load(conn)
+                    .await?;
+                Ok(Page::new(decode_tasks(rows)?, count_u64(total), page))
+            }
+
+            pub(crate) async fn child_results_q(
+                conn: &mut Conn,
+                parent: TaskId,
+                round: i32,
+            ) -> Tx<Vec<ChildResult>> {
+                let rows: Vec<ChildRow> = t::table
+                    .filter(t::parent_id.eq(parent.0))
+                    .filter(t::parent_round.eq(round))
+                    .filter(t::status.eq_any(SETTLED))
+                    .order(t::id.asc())
+                    .select((t::id, t::name, t::status, t::result, t::error))
+                    .load(conn)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(child_result)
+                    .collect::<Result<Vec<_>, _>>()?)
+            }
+
+            pub(crate) async fn task_stats_q(
+                conn: &mut Conn,
+                tag: Option<String>,
+                status: Option<TaskStatus>,
+            ) -> Tx<Vec<TagStat>> {
+                let mut q = t::table
+                    .group_by((t::tag, t::name, t::status))
+                    .select((t::tag, t::name, t::status, count_star()))
+                    .order((t::tag.asc(), t::name.asc(), t::status.asc()))
+                    .into_boxed();
+                if let Some(tag) = tag {
+                    q = q.filter(t::tag.eq(tag));
+                }
+                if let Some(status) = status {
+                    q = q.filter(t::status.eq(status.as_str()));
+                }
+                let rows: Vec<(Option<String>, String, String, i64)> = q.load(conn).await?;
+                rows.into_iter()
+                    .map(|(tag, name, status, count)| {
+                        Ok(TagStat {
+                            tag,
+                            name,
+                            status: status_from_text(&status)?,
+                            count: count_u64(count),
+                        })
+                    })
+                    .collect()
+            }
+
+            /// Deletes tasks by id with their events and attempts, in chunks.
+            async fn delete_ids(conn: &mut Conn, ids: &[i64]) -> Tx<RetentionReport> {
+                let mut report = RetentionReport::default();
+                for chunk in ids.chunks(CHUNK) {
+                    report.events_deleted += diesel::delete(e::table.filter(e::task_id.eq_any(chunk)))
+                        .execute(conn)
+                        .await? as u64;
+                    report.attempts_deleted += diesel::delete(a::table.filter(a::task_id.eq_any(chunk)))
+                        .execute(conn)
+                        .await? as u64;
+                    report.tasks_deleted += diesel::delete(t::table.filter(t::id.eq_any(chunk)))
+                        .execute(conn)
+                        .await? as u64;
+                }
+                Ok(report)
+            }
+
+            pub(crate) async fn delete_tx(conn: &mut Conn, filter: &DeleteFilter) -> Tx<u64> {
+                let mut q = t::table.select(t::id).into_boxed();
+                if let Some(tag) = &filter.tag {
+                    q = q.filter(t::tag.eq(tag.clone()));
+                }
+                if let Some(status) = filter.status {
+                    q = q.filter(t::status.eq(status.as_str()));
+                }
+                if let Some(name) = &filter.name {
+                    q = q.filter(t::name.eq(name.clone()));
+                }
+                let ids: Vec<i64> = q.load(conn).await?;
+                Ok(delete_ids(conn, &ids).await?.tasks_deleted)
+            }
+
+            fn event_filter(query: &EventQuery) -> e::BoxedQuery<'static, Db> {
+                let mut q = e::table.into_boxed();
+                if let Some(v) = query.task_id {
+                    q = q.filter(e::task_id.eq(v.0));
+                }
+                if let Some(v) = query.root_id {
+                    q = q.filter(e::root_id.eq(v.0));
+                }
+                if let Some(v) = query.parent_id {
+                    q = q.filter(e::parent_id.eq(v.0));
+                }
+                if let Some(v) = &query.worker_id {
+                    q = q.filter(e::worker_id.eq(v.clone()));
+                }
+                if let Some(v) = query.event_type {
+                    q = q.filter(e::event_type.eq(v.as_str()));
+                }
+                if !query.event_types.is_empty() {
+                    let types: Vec<&'static str> = query.event_types.iter().map(|t| t.as_str()).collect();
+                    q = q.filter(e::event_type.eq_any(types));
+                }
+                if let Some(v) = query.attempt {
+                    q = q.filter(e::attempt.eq(v));
+                }
+                if let Some(v) = query.stage {
+                    q = q.filter(e::stage.eq(v));
+                }
+                if let Some(v) = query.started_after {
+                    q = q.filter(e::event_time.ge(to_millis(v)));
+                }
+                if let Some(v) = query.started_before {
+                    q = q.filter(e::event_time.le(to_millis(v)));
+                }
+                q
+            }
+
+            pub(crate) async fn query_events_q(
+                conn: &mut Conn,
+                query: &EventQuery,
+                page: PageBounds,
+            ) -> Tx<Page<TaskEvent>> {
+                let total: i64 = event_filter(query).count().get_result(conn).await?;
+                let q = event_filter(query);
+                let q = match page.order {
+                    Order::Asc => q.order((e::event_time.asc(), e::id.asc())),
+                    Order::Desc => q.order((e::event_time.desc(), e::id.desc())),
+                };
+                let rows: Vec<EventRow> = q
+                    .limit(i64::from(page.limit))
+                    .offset(limit_i64(page.offset))
+                    .select(EventRow::as_select())
+                    .load(conn)
+                    .await?;
+                let items = rows
+                    .into_iter()
+                    .map(EventRow::into_event)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Page::new(items, count_u64(total), page))
+            }
+
+            fn attempt_filter(query: &AttemptQuery) -> a::BoxedQuery<'static, Db> {
+                let mut q = a::table.into_boxed();
+                if let Some(v) = query.task_id {
+                    q = q.filter(a::task_id.eq(v.0));
+                }
+                if let Some(v) = query.workflow_root_id {
+                    q = q.filter(
+                        a::task_id.eq_any(
+                            t::table
+                                .filter(t::id.eq(v.0).or(t::root_id.eq(v.0).assume_not_null()))
+                                .select(t::id),
+                        ),
+                    );
+                }
+                if let Some(v) = &query.worker_id {
+                    q = q.filter(a::worker_id.eq(v.clone()));
+                }
+                if let Some(v) = query.outcome {
+                    q = q.filter(a::outcome.eq(v.as_str()));
+                }
+                if let Some(v) = query.started_after {
+                    q = q.filter(a::started_at.ge(to_millis(v)));
+                }
+                if let Some(v) = query.started_before {
+                    q = q.filter(a::started_at.le(to_millis(v)));
+                }
+                if let Some(v) = query.ended_after {
+                    q = q.filter(a::ended_at.ge(to_millis(v)));
+                }
+                if let Some(v) = query.ended_before {
+                    q = q.filter(a::ended_at.le(to_millis(v)));
+                }
+                if query.open_only {
+                    q = q.filter(a::ended_at.is_null());
+                }
+                q
+            }
+
+            pub(crate) async fn query_attempts_q(
+                conn: &mut Conn,
+                query: &AttemptQuery,
+                page: PageBounds,
+            ) -> Tx<Page<TaskAttempt>> {
+                let total: i64 = attempt_filter(query).count().get_result(conn).await?;
+                let q = attempt_filter(query);
+                // One task: by attempt number. A workflow (or anything else): by start time.
+                let by_attempt = query.task_id.is_some() && query.workflow_root_id.is_none();
+                let q = match (by_attempt, page.order) {
+                    (true, Order::Asc) => q.order((a::attempt.asc(), a::id.asc())),
+                    (true, Order::Desc) => q.order((a::attempt.desc(), a::id.desc())),
+                    (false, Order::Asc) => q.order((a::started_at.asc(), a::id.asc())),
+                    (false, Order::Desc) => q.order((a::started_at.desc(), a::id.desc())),
+                };
+                let rows: Vec<AttemptRow> = q
+                    .limit(i64::from(page.limit))
+                    .offset(limit_i64(page.offset))
+                    .select(AttemptRow::as_select())
+                    .load(conn)
+                    .await?;
+                let items = rows
+                    .into_iter()
+                    .map(AttemptRow::into_attempt)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Page::new(items, count_u64(total), page))
+            }
+
+            /// One retention batch. Units are whole workflows: a root (`root_id IS NULL`)
+            /// with every task whose `root_id` is that root, or the remains of a workflow
+            /// whose root is already gone (orphans sharing a `root_id`). A unit qualifies when
+            /// every member has an eligible status and a retention clock before the cutoff.
+            pub(crate) async fn purge_tx(conn: &mut Conn, run: &RetentionRun) -> Tx<RetentionReport> {
+                if run.statuses.is_empty() || run.batch_size == 0 {
+                    return Ok(RetentionReport::default());
+                }
+                let statuses: Vec<&'static str> = run.statuses.iter().map(|s| s.as_str()).collect();
+                let cutoff = to_millis(run.cutoff);
+                let batch = i64::from(run.batch_size);
+                let (d, r) = diesel::alias!(
+                    $crate::schema::fib_flow_tasks as d,
+                    $crate::schema::fib_flow_tasks as r
+                );
+                let clock = coalesce(t::last_active_time, t::created_at);
+
+                // Roots that are eligible and have no ineligible descendant.
+                let roots: Vec<i64> = t::table
+                    .filter(t::root_id.is_null())
+                    .filter(t::status.eq_any(statuses.clone()))
+                    .filter(coalesce(t::last_active_time, t::created_at).lt(cutoff))
+                    .filter(not(exists(
+                        d.filter(d.field(t::root_id).eq(t::id.nullable()))
+                            .filter(
+                                d.field(t::status).ne_all(statuses.clone()).or(coalesce(
+                                    d.field(t::last_active_time),
+                                    d.field(t::created_at),
+                                )
+                                .ge(cutoff)),
+                            ),
+                    )))
+                    .order((clock.asc(), t::id.asc()))
+                    .limit(batch)
+                    .select(t::id)
+                    .load(conn)
+                    .await?;
+
+                // Orphaned workflow remains: the root row is gone, every member is eligible.
+                let orphan_rows: Vec<Option<i64>> = t::table
+                    .filter(t::root_id.is_not_null())
+                    .filter(not(exists(r.filter(r.field(t::id).nullable().eq(t::root_id)))))
+                    .filter(t::status.eq_any(statuses.clone()))
+                    .filter(coalesce(t::last_active_time, t::created_at).lt(cutoff))
+                    .filter(not(exists(
+                        d.filter(d.field(t::root_id).eq(t::root_id))
+                            .filter(
+                                d.field(t::status).ne_all(statuses.clone()).or(coalesce(
+                                    d.field(t::last_active_time),
+                                    d.field(t::created_at),
+                                )
+                                .ge(cutoff)),
+                            ),
+                    )))
+                    .order((coalesce(t::last_active_time, t::created_at).asc(), t::id.asc()))
+                    .limit(batch)
+                    .select(t::root_id)
+                    .load(conn)
+                    .await?;
+                let mut orphan_roots: Vec<i64> = Vec::new();
+                for root in orphan_rows.into_iter().flatten() {
+                    if !orphan_roots.contains(&root) {
+                        orphan_roots.push(root);
+                    }
+                }
+
+                // Fill the batch with whole units, at least one.
+                let mut ids: Vec<i64> = Vec::new();
+                let units = roots
+                    .into_iter()
+                    .map(|root| (root, true))
+                    .chain(orphan_roots.into_iter().map(|root| (root, false)));
+                for (root, has_root_row) in units {
+                    let mut members: Vec<i64> = t::table
+                        .filter(t::root_id.eq(root))
+                        .order(t::id.asc())
+                        .select(t::id)
+                        .load(conn)
+                        .await?;
+                    if has_root_row {
+                        members.insert(0, root);
+                    }
+                    if !ids.is_empty() && ids.len() + members.len() > run.batch_size as usize {
+                        break;
+                    }
+                    ids.extend(members);
+                    if ids.len() >= run.batch_size as usize {
+                        break;
+                    }
+                }
+                delete_ids(conn, &ids).await
+            }
+        }
+    };
+}
+
+pub(crate) use store_ops;
+
+/// Implements [`fib_flow_ports::TaskStore`] for a backend store type on top of `mod ops`.
+///
+/// The store type provides `conn()` (a pooled connection), `write_guard()` (the SQLite
+/// single-writer lock; a no-op elsewhere), `run_migrations()`, `wait_notification()` and
+/// `shutdown()`. `$tx` is the transaction method: `immediate_transaction` on SQLite (take the
+/// write lock up front instead of upgrading mid-transaction), `transaction` elsewhere.
+macro_rules! impl_task_store {
+    ($store:ty, $tx:ident) => {
+        #[async_trait::async_trait]
+        impl fib_flow_ports::TaskStore for $store {
+            fn backend(&self) -> &'static str {
+                BACKEND
+            }
+
+            async fn migrate(&self) -> Result<(), fib_flow_ports::PortError> {
+                self.run_migrations().await
+            }
+
+            async fn insert_tasks(
+                &self,
+                tasks: Vec<fib_flow_domain::NewTask>,
+            ) -> Result<Vec<fib_flow_domain::TaskId>, fib_flow_ports::PortError> {
+                if tasks.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let _writer = self.write_guard().await;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::insert_tasks_tx(c, &tasks).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn claim(
+                &self,
+                request: fib_flow_ports::ClaimRequest,
+            ) -> Result<Vec<fib_flow_domain::Task>, fib_flow_ports::PortError> {
+                if request.names.is_empty() || request.limit == 0 {
+                    return Ok(Vec::new());
+                }
+                let _writer = self.write_guard().await;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::claim_tx(c, &request).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn apply(
+                &self,
+                task_id: fib_flow_domain::TaskId,
+                command: fib_flow_domain::Command,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<fib_flow_domain::Task, fib_flow_ports::PortError> {
+                let _writer = self.write_guard().await;
+                let mut conn = self.conn().await?;
+                conn.$tx(async move |c| ops::apply_tx(c, task_id, command, now).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn spawn_children(
+                &self,
+                request: fib_flow_ports::SpawnRequest,
+            ) -> Result<Vec<fib_flow_domain::TaskId>, fib_flow_ports::PortError> {
+                let _writer = self.write_guard().await;
+                let mut conn = self.conn().await?;
+                conn.$tx(async move |c| ops::spawn_tx(c, request).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn heartbeat(
+                &self,
+                worker_id: String,
+                attempts: Vec<(fib_flow_domain::TaskId, i32)>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, fib_flow_ports::PortError> {
+                if attempts.is_empty() {
+                    return Ok(0);
+                }
+                let _writer = self.write_guard().await;
+                let mut conn = self.conn().await?;
+                ops::heartbeat_q(&mut conn, &worker_id, &attempts, now)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn record(
+                &self,
+                record: fib_flow_domain::progress::HandlerRecord,
+            ) -> Result<i64, fib_flow_ports::PortError> {
+                let _writer = self.write_guard().await;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::record_tx(c, &record).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn expired_attempts(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                heartbeat_cutoff: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<fib_flow_ports::Expiry>, fib_flow_ports::PortError> {
+                if limit == 0 {
+                    return Ok(Vec::new());
+                }
+                let mut conn = self.conn().await?;
+                ops::expired_q(&mut conn, now, heartbeat_cutoff, limit)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn outstanding_children(
+                &self,
+                parent_id: fib_flow_domain::TaskId,
+                round: i32,
+            ) -> Result<i32, fib_flow_ports::PortError> {
+                let mut conn = self.conn().await?;
+                ops::outstanding_q(&mut conn, parent_id, round)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn get_task(
+                &self,
+                task_id: fib_flow_domain::TaskId,
+            ) -> Result<Option<fib_flow_domain::Task>, fib_flow_ports::PortError> {
+                let mut conn = self.conn().await?;
+                ops::get_task_q(&mut conn, task_id)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn list_tasks(
+                &self,
+                query: fib_flow_domain::query::TaskQuery,
+            ) -> Result<Vec<fib_flow_domain::Task>, fib_flow_ports::PortError> {
+                let mut conn = self.conn().await?;
+                ops::list_tasks_q(&mut conn, &query)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn query_tasks(
+                &self,
+                query: fib_flow_domain::query::TaskQuery,
+                page: fib_flow_domain::query::PageBounds,
+            ) -> Result<
+                fib_flow_domain::query::Page<fib_flow_domain::Task>,
+                fib_flow_ports::PortError,
+            > {
+                let mut conn = self.conn().await?;
+                ops::query_tasks_q(&mut conn, &query, page)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn child_results(
+                &self,
+                parent_id: fib_flow_domain::TaskId,
+                round: i32,
+            ) -> Result<Vec<fib_flow_domain::ChildResult>, fib_flow_ports::PortError> {
+                let mut conn = self.conn().await?;
+                ops::child_results_q(&mut conn, parent_id, round)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn task_stats(
+                &self,
+                tag: Option<String>,
+                status: Option<fib_flow_domain::TaskStatus>,
+            ) -> Result<Vec<fib_flow_domain::query::TagStat>, fib_flow_ports::PortError> {
+                let mut conn = self.conn().await?;
+                ops::task_stats_q(&mut conn, tag, status)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn delete_tasks(
+                &self,
+                filter: fib_flow_domain::query::DeleteFilter,
+            ) -> Result<u64, fib_flow_ports::PortError> {
+                filter
+                    .validate()
+                    .map_err(fib_flow_ports::PortError::Rejected)?;
+                let _writer = self.write_guard().await;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::delete_tx(c, &filter).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn query_events(
+                &self,
+                query: fib_flow_domain::query::EventQuery,
+                page: fib_flow_domain::query::PageBounds,
+            ) -> Result<
+                fib_flow_domain::query::Page<fib_flow_domain::TaskEvent>,
+                fib_flow_ports::PortError,
+            > {
+                let mut conn = self.conn().await?;
+                ops::query_events_q(&mut conn, &query, page)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn query_attempts(
+                &self,
+                query: fib_flow_domain::query::AttemptQuery,
+                page: fib_flow_domain::query::PageBounds,
+            ) -> Result<
+                fib_flow_domain::query::Page<fib_flow_domain::TaskAttempt>,
+                fib_flow_ports::PortError,
+            > {
+                let mut conn = self.conn().await?;
+                ops::query_attempts_q(&mut conn, &query, page)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn purge_expired(
+                &self,
+                run: fib_flow_ports::RetentionRun,
+            ) -> Result<fib_flow_ports::RetentionReport, fib_flow_ports::PortError> {
+                let _writer = self.write_guard().await;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::purge_tx(c, &run).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn wait_for_notification(&self) {
+                self.wait_notification().await
+            }
+
+            async fn close(&self) {
+                self.shutdown().await
+            }
+        }
+    };
+}
+
+pub(crate) use impl_task_store;

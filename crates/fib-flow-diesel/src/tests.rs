@@ -1,0 +1,301 @@
+//! Unit tests: URL parsing and row mapping.
+
+use std::time::Duration;
+
+use fib_flow_domain::time::from_millis;
+use fib_flow_domain::{
+    ChildFailurePolicy, NewTask, RetryBackoff, Task, TaskId, TaskStatus, TaskType,
+};
+use fib_flow_ports::PortError;
+use serde_json::{Value, json};
+
+use crate::rows::{
+    TaskRow, TaskValues, child_result, created_event, json_from_text, json_to_text, normalized,
+};
+use crate::{StoreConfig, Target, check_database_name, parse_url, with_database};
+
+#[test]
+fn urls_pick_the_backend() {
+    assert_eq!(
+        parse_url("sqlite::memory:").ok(),
+        Some(Target::SqliteMemory)
+    );
+    assert_eq!(
+        parse_url("sqlite://:memory:").ok(),
+        Some(Target::SqliteMemory)
+    );
+    assert_eq!(
+        parse_url("sqlite:/tmp/a.db").ok(),
+        Some(Target::SqliteFile("/tmp/a.db".into()))
+    );
+    assert_eq!(
+        parse_url("sqlite:///tmp/a.db").ok(),
+        Some(Target::SqliteFile("/tmp/a.db".into()))
+    );
+    assert_eq!(
+        parse_url("sqlite://rel.db").ok(),
+        Some(Target::SqliteFile("rel.db".into()))
+    );
+    assert_eq!(
+        parse_url("postgres://u@h/db").ok(),
+        Some(Target::Postgres("postgres://u@h/db".into()))
+    );
+    assert_eq!(
+        parse_url("postgresql://u@h/db").ok(),
+        Some(Target::Postgres("postgresql://u@h/db".into()))
+    );
+    assert_eq!(
+        parse_url("psql://u:p@h:5432/db").ok(),
+        Some(Target::Postgres("postgres://u:p@h:5432/db".into()))
+    );
+    assert_eq!(
+        parse_url("mysql://root@h/db").ok(),
+        Some(Target::Mysql("mysql://root@h/db".into()))
+    );
+}
+
+#[test]
+fn unknown_schemes_name_the_scheme_not_the_password() {
+    let Err(PortError::Config(message)) = parse_url("redis://user:secret@host/0") else {
+        panic!("expected a config error");
+    };
+    assert!(message.contains("`redis`"), "{message}");
+    assert!(message.contains("mysql://"), "{message}");
+    assert!(!message.contains("secret"), "{message}");
+    assert!(matches!(parse_url("sqlite:"), Err(PortError::Config(_))));
+    assert!(matches!(parse_url(""), Err(PortError::Config(_))));
+}
+
+#[tokio::test]
+async fn connect_rejects_unknown_schemes_and_disabled_backends() {
+    let Err(error) = crate::connect(StoreConfig::new("mongodb://x")).await else {
+        panic!("expected an error");
+    };
+    assert!(matches!(error, PortError::Config(_)), "{error}");
+    #[cfg(not(feature = "postgres"))]
+    {
+        let Err(PortError::Config(message)) =
+            crate::connect(StoreConfig::new("postgres://x/y")).await
+        else {
+            panic!("expected a config error");
+        };
+        assert!(message.contains("`postgres` feature"), "{message}");
+    }
+}
+
+#[test]
+fn database_names_and_urls() {
+    assert!(check_database_name("ff_test_1").is_ok());
+    assert!(check_database_name("").is_err());
+    assert!(check_database_name("a;drop").is_err());
+    assert!(check_database_name("a-b").is_err());
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/test", "x").ok(),
+        Some("postgres://postgres@127.0.0.1:5432/x".into())
+    );
+    assert_eq!(
+        with_database("mysql://root@h:3306", "x").ok(),
+        Some("mysql://root@h:3306/x".into())
+    );
+    assert_eq!(
+        with_database("postgres://h/db?sslmode=disable", "x").ok(),
+        Some("postgres://h/x?sslmode=disable".into())
+    );
+}
+
+fn sample_task() -> Task {
+    Task {
+        id: TaskId(42),
+        name: "n".into(),
+        task_type: TaskType::Cron,
+        status: TaskStatus::Suspended,
+        priority: -3,
+        payload: json!({"a": 1}),
+        created_at: from_millis(1_000),
+        tag: Some("t".into()),
+        next_run_time: from_millis(2_000),
+        last_active_time: Some(from_millis(3_000)),
+        last_event_time: Some(from_millis(3_001)),
+        last_event_type: Some("task_suspended".into()),
+        result: Some(Value::Null),
+        error: Some("e".into()),
+        current_stage_name: Some("s".into()),
+        progress_text: Some("p".into()),
+        progress_percent: Some(12.5),
+        stage: 2,
+        timeout: None,
+        retry_count: 1,
+        max_retries: 5,
+        retry_interval: Duration::from_millis(250),
+        retry_backoff: RetryBackoff::Exponential,
+        cron_expr: Some("0 * * * *".into()),
+        timezone: Some("UTC".into()),
+        root_id: Some(TaskId(1)),
+        parent_id: Some(TaskId(2)),
+        parent_round: Some(3),
+        total_children: 4,
+        completed_children: 2,
+        child_failure_policy: ChildFailurePolicy::FailParent,
+        worker_id: Some("w".into()),
+        start_time: Some(from_millis(2_500)),
+        deadline: None,
+        attempt: 7,
+        context: Some(vec![0, 255]),
+        suspend_reason: Some("review".into()),
+        suspend_metadata: Some(json!({"k": "v"})),
+    }
+}
+
+fn row_of(task: &Task) -> TaskRow {
+    let v = TaskValues::from_task(task);
+    TaskRow {
+        id: task.id.0,
+        name: v.name,
+        task_type: v.task_type,
+        status: v.status,
+        priority: v.priority,
+        payload: v.payload,
+        created_at: v.created_at,
+        tag: v.tag,
+        next_run_time: v.next_run_time,
+        last_active_time: v.last_active_time,
+        last_event_time: v.last_event_time,
+        last_event_type: v.last_event_type,
+        result: v.result,
+        error: v.error,
+        current_stage_name: v.current_stage_name,
+        progress_text: v.progress_text,
+        progress_percent: v.progress_percent,
+        stage: v.stage,
+        timeout_ms: v.timeout_ms,
+        retry_count: v.retry_count,
+        max_retries: v.max_retries,
+        retry_interval_ms: v.retry_interval_ms,
+        retry_backoff: v.retry_backoff,
+        cron_expr: v.cron_expr,
+        timezone: v.timezone,
+        root_id: v.root_id,
+        parent_id: v.parent_id,
+        parent_round: v.parent_round,
+        total_children: v.total_children,
+        completed_children: v.completed_children,
+        child_failure_policy: v.child_failure_policy,
+        worker_id: v.worker_id,
+        start_time: v.start_time,
+        deadline: v.deadline,
+        attempt: v.attempt,
+        context: v.context,
+        suspend_reason: v.suspend_reason,
+        suspend_metadata: v.suspend_metadata,
+    }
+}
+
+#[test]
+fn task_rows_round_trip() {
+    let task = sample_task();
+    let row = row_of(&task);
+    assert_eq!(
+        row.result.as_deref(),
+        Some("null"),
+        "JSON null result is the text null"
+    );
+    assert_eq!(row.timeout_ms, None);
+    assert_eq!(row.retry_interval_ms, 250);
+    assert_eq!(row.status, "suspended");
+    assert_eq!(row.child_failure_policy, "fail_parent");
+    assert_eq!(row.into_task().ok(), Some(task.clone()));
+
+    let mut no_result = task;
+    no_result.result = None;
+    no_result.payload = Value::Null;
+    let row = row_of(&no_result);
+    assert_eq!(row.result, None, "no result is NULL");
+    assert_eq!(row.payload, "null", "payload is never NULL");
+    assert_eq!(row.into_task().ok(), Some(no_result));
+}
+
+#[test]
+fn malformed_enum_strings_are_named_errors() {
+    let mut row = row_of(&sample_task());
+    row.status = "exploded".into();
+    let error = row.into_task().expect_err("bad status");
+    assert!(
+        error.0.contains("row 42") && error.0.contains("exploded"),
+        "{}",
+        error.0
+    );
+    let mut row = row_of(&sample_task());
+    row.task_type = "weekly".into();
+    assert!(row.into_task().is_err());
+    let mut row = row_of(&sample_task());
+    row.retry_backoff = "linear".into();
+    assert!(row.into_task().is_err());
+}
+
+#[test]
+fn json_is_lenient_on_read() {
+    assert_eq!(json_from_text("{\"a\":1}"), json!({"a": 1}));
+    assert_eq!(json_from_text("not json"), json!("not json"));
+    assert_eq!(json_to_text(&Value::Null), "null");
+    assert_eq!(json_to_text(&json!(0)), "0");
+}
+
+#[test]
+fn normalized_truncates_to_storage_precision() {
+    let mut task = sample_task();
+    task.created_at = from_millis(1_000) + chrono::TimeDelta::microseconds(1_700);
+    task.timeout = Some(Duration::from_micros(1_500));
+    let n = normalized(&task);
+    assert_eq!(n.created_at, from_millis(1_001));
+    assert_eq!(n.timeout, Some(Duration::from_millis(1)));
+}
+
+#[test]
+fn created_events_and_child_results() {
+    let task = NewTask {
+        name: "kid".into(),
+        task_type: TaskType::Async,
+        priority: 0,
+        payload: Value::Null,
+        tag: None,
+        next_run_time: from_millis(5),
+        timeout: None,
+        max_retries: 1,
+        retry_interval: Duration::ZERO,
+        retry_backoff: RetryBackoff::Fixed,
+        cron_expr: None,
+        timezone: None,
+        root_id: Some(TaskId(1)),
+        parent_id: Some(TaskId(2)),
+        parent_round: Some(0),
+        created_at: from_millis(5),
+    };
+    let event = created_event(&task, TaskId(9));
+    assert_eq!(event.root_id, 1);
+    assert_eq!(event.parent_id, Some(2));
+    assert_eq!(event.event_type, "task_created");
+    assert_eq!(event.to_status.as_deref(), Some("pending"));
+    let root_event = created_event(
+        &NewTask {
+            root_id: None,
+            ..task
+        },
+        TaskId(9),
+    );
+    assert_eq!(root_event.root_id, 9, "a root's events name itself as root");
+
+    let done =
+        child_result((1, "a".into(), "completed".into(), Some("0".into()), None)).expect("decode");
+    assert_eq!(done.result, Some(json!(0)));
+    assert_eq!(done.error, None);
+    let failed = child_result((
+        2,
+        "b".into(),
+        "permanently_failed".into(),
+        None,
+        Some("x".into()),
+    ))
+    .expect("decode");
+    assert_eq!(failed.result, None);
+    assert_eq!(failed.error.as_deref(), Some("x"));
+}
