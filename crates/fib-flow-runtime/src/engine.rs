@@ -1,0 +1,923 @@
+//! The engine: state, registry, submission, task control, start/stop and the claim loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fib_flow_domain::options::{self, TaskDefaults};
+use fib_flow_domain::{
+    Command, CronSchedule, DomainError, HandlerOptions, ManagerOptions, NewTask, RetentionPolicy,
+    Task, TaskId, TaskOptions, TaskStatus, TaskType, time,
+};
+use fib_flow_ports::{
+    ClaimRequest, Clock, HandlerError, Outcome, PortError, RetentionReport, TaskHandle,
+    TaskHandler, TaskStore,
+};
+use futures_util::FutureExt;
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::RuntimeError;
+use crate::registry::{Entry, FnHandler, Registry};
+
+/// The reason suspended parents carry while their children run.
+pub(crate) const AWAITING_SUBTASKS: &str = "awaiting_subtasks";
+/// Upper bound of the claim loop's back-off after store errors.
+const MAX_LOOP_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The manager's lifecycle: `init` → `running` (start) → `stopped` (stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ManagerState {
+    /// Built, not started: submission, registration, control and queries work; nothing runs.
+    Init,
+    /// Claiming and executing tasks, running maintenance.
+    Running,
+    /// Stopped for good; cannot be restarted.
+    Stopped,
+}
+
+impl ManagerState {
+    /// The reference's string (`init`, `running`, `stopped`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManagerState::Init => "init",
+            ManagerState::Running => "running",
+            ManagerState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for ManagerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `task_info` returns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TaskInfo {
+    /// The handler name.
+    pub name: String,
+    /// The registration's description (empty when none was given).
+    pub description: String,
+}
+
+/// Why an in-flight attempt's cancellation token fired; decides what the execution writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelReason {
+    /// `cancel_task`, `pause_task` or `resume_task` already moved the row: the handler gets a
+    /// grace period to notice; its late write is fenced out.
+    Admin,
+    /// A sweep expired the attempt (already written): drop the handler, write nothing.
+    Expired,
+    /// The deadline passed locally: drop the handler, write `Fail { timed_out: true }`.
+    Deadline,
+    /// `stop()` gave up waiting: drop the handler, release the task.
+    Stopping,
+}
+
+/// One in-flight attempt's cancellation: the token handed to the handler and the first reason
+/// it was cancelled for (later reasons are ignored).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cancel {
+    pub(crate) token: CancellationToken,
+    reason: Arc<OnceLock<CancelReason>>,
+}
+
+impl Cancel {
+    /// Cancels for `reason` unless already cancelled for another one.
+    pub(crate) fn cancel(&self, reason: CancelReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// The reason the token fired (`Admin` if it was cancelled without one).
+    pub(crate) fn reason(&self) -> CancelReason {
+        self.reason.get().copied().unwrap_or(CancelReason::Admin)
+    }
+}
+
+/// An attempt executing in this engine.
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight {
+    pub(crate) name: String,
+    pub(crate) cancel: Cancel,
+}
+
+/// Background tasks spawned by `start`.
+#[derive(Default)]
+struct Background {
+    claim_loop: Option<JoinHandle<()>>,
+    others: Vec<JoinHandle<()>>,
+}
+
+/// Shared engine state.
+pub(crate) struct Inner {
+    pub(crate) options: ManagerOptions,
+    pub(crate) worker_id: Arc<str>,
+    pub(crate) store: Arc<dyn TaskStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) defaults: TaskDefaults,
+    pub(crate) retention: Option<RetentionPolicy>,
+    pub(crate) registry: Registry,
+    state: Mutex<ManagerState>,
+    stopping: std::sync::atomic::AtomicBool,
+    paused: watch::Sender<bool>,
+    /// Wake-ups for the claim loop's idle wait (enqueue, cron, register, resume, an execution
+    /// ending, a store notification). Separate from `paused` on purpose (decisions.md).
+    pub(crate) wake: Notify,
+    /// Executions in flight, counted when claimed and released when their outcome is written.
+    pub(crate) running: watch::Sender<usize>,
+    /// Keyed by (task, attempt): a stale execution of an earlier attempt and the current one can
+    /// coexist briefly, and each must keep its own token and heartbeat entry.
+    pub(crate) in_flight: Mutex<HashMap<(TaskId, i32), InFlight>>,
+    /// Stops the claim loop (first step of `stop`).
+    claim_shutdown: CancellationToken,
+    /// Stops maintenance and the notification listener (after the drain).
+    background_shutdown: CancellationToken,
+    background: Mutex<Background>,
+    /// When automatic retention runs next; `None` until the first tick schedules it.
+    pub(crate) retention_due: Mutex<Option<DateTime<Utc>>>,
+    /// Seeds the jitter generator.
+    jitter_state: AtomicUsize,
+}
+
+/// The fib-flow engine: handler registry, submission, the claim loop, executions,
+/// maintenance and graceful stop. Cheap to clone; clones share one engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("worker_id", &self.inner.worker_id)
+            .field("backend", &self.inner.store.backend())
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Validates `options` and builds an engine in the `Init` state. The worker id is
+    /// `options.worker_id` or `worker-<uuid v4>`.
+    pub fn new(
+        options: ManagerOptions,
+        store: Arc<dyn TaskStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, RuntimeError> {
+        options.validate()?;
+        let retention = options.retention_policy()?;
+        let worker_id: Arc<str> = match &options.worker_id {
+            Some(id) => Arc::from(id.as_str()),
+            None => Arc::from(format!("worker-{}", uuid::Uuid::new_v4())),
+        };
+        let defaults = options.task_defaults();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                options,
+                worker_id,
+                store,
+                clock,
+                defaults,
+                retention,
+                registry: Registry::default(),
+                state: Mutex::new(ManagerState::Init),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                paused: watch::Sender::new(false),
+                wake: Notify::new(),
+                running: watch::Sender::new(0),
+                in_flight: Mutex::new(HashMap::new()),
+                claim_shutdown: CancellationToken::new(),
+                background_shutdown: CancellationToken::new(),
+                background: Mutex::new(Background::default()),
+                retention_due: Mutex::new(None),
+                jitter_state: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// This process's worker id.
+    pub fn worker_id(&self) -> &str {
+        &self.inner.worker_id
+    }
+
+    /// The options the engine was built with.
+    pub fn options(&self) -> &ManagerOptions {
+        &self.inner.options
+    }
+
+    /// `Init`, `Running` or `Stopped`.
+    pub fn state(&self) -> ManagerState {
+        *self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn TaskStore> {
+        &self.inner.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Whether claiming is paused (`pause`).
+    pub fn is_paused(&self) -> bool {
+        *self.inner.paused.borrow()
+    }
+
+    /// How many executions are in flight in this engine.
+    pub fn in_flight(&self) -> usize {
+        *self.inner.running.borrow()
+    }
+
+    // --- registry ---------------------------------------------------------------------
+
+    /// Registers a closure with the global defaults (the reference's function form).
+    /// Replacing a handler keeps running attempts on the old one and keeps its per-type
+    /// running count. Wakes the claim loop; never un-pauses it.
+    pub fn register<F, Fut, O, E>(&self, name: impl Into<String>, handler: F)
+    where
+        F: Fn(TaskHandle) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        O: Into<Outcome>,
+        E: Into<HandlerError>,
+    {
+        self.insert(
+            name.into(),
+            Arc::new(FnHandler(handler)),
+            HandlerOptions::default(),
+        );
+    }
+
+    /// Registers a closure with its own defaults (the reference's object form); the options
+    /// are validated.
+    pub fn register_with<F, Fut, O, E>(
+        &self,
+        name: impl Into<String>,
+        handler: F,
+        options: HandlerOptions,
+    ) -> Result<(), RuntimeError>
+    where
+        F: Fn(TaskHandle) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        O: Into<Outcome>,
+        E: Into<HandlerError>,
+    {
+        self.register_handler(name, Arc::new(FnHandler(handler)), options)
+    }
+
+    /// Registers a handler object with its defaults; the options are validated.
+    pub fn register_handler(
+        &self,
+        name: impl Into<String>,
+        handler: Arc<dyn TaskHandler>,
+        options: HandlerOptions,
+    ) -> Result<(), RuntimeError> {
+        options.validate()?;
+        self.insert(name.into(), handler, options);
+        Ok(())
+    }
+
+    fn insert(&self, name: String, handler: Arc<dyn TaskHandler>, options: HandlerOptions) {
+        tracing::debug!(handler = %name, "handler registered");
+        self.inner.registry.insert(name, Entry { handler, options });
+        self.inner.wake.notify_one();
+    }
+
+    /// Removes handlers; returns how many were registered. Running attempts are not touched;
+    /// pending rows of those names stay pending until a worker registers them again.
+    pub fn unregister(&self, names: &[&str]) -> usize {
+        let removed = self.inner.registry.remove(names);
+        if removed > 0 {
+            self.inner.wake.notify_one();
+        }
+        removed
+    }
+
+    /// Name and description of a registered handler.
+    pub fn task_info(&self, name: &str) -> Result<TaskInfo, RuntimeError> {
+        let entry = self.inner.registry.get(name).ok_or_else(|| unknown(name))?;
+        Ok(TaskInfo {
+            name: name.to_owned(),
+            description: entry.options.description.unwrap_or_default(),
+        })
+    }
+
+    // --- submission -------------------------------------------------------------------
+
+    /// Submits a one-off task. Options resolve instance > handler > global; due at
+    /// `now + delay`. Wakes the claim loop.
+    pub async fn enqueue(
+        &self,
+        name: &str,
+        payload: Value,
+        options: TaskOptions,
+    ) -> Result<TaskId, RuntimeError> {
+        let now = self.inner.clock.now();
+        let task = self.inner.new_async_task(name, payload, &options, now)?;
+        let ids = self.inner.store.insert_tasks(vec![task]).await?;
+        self.inner.wake.notify_one();
+        ids.into_iter().next().ok_or_else(|| {
+            RuntimeError::Store(PortError::Database {
+                backend: self.inner.store.backend(),
+                message: "insert_tasks returned no id for one task".into(),
+            })
+        })
+    }
+
+    /// Submits several one-off tasks in one store call (all or nothing); ids in input order.
+    pub async fn enqueue_many(
+        &self,
+        tasks: Vec<(String, Value, TaskOptions)>,
+    ) -> Result<Vec<TaskId>, RuntimeError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.inner.clock.now();
+        let rows = tasks
+            .into_iter()
+            .map(|(name, payload, options)| {
+                self.inner.new_async_task(&name, payload, &options, now)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = self.inner.store.insert_tasks(rows).await?;
+        self.inner.wake.notify_one();
+        Ok(ids)
+    }
+
+    /// Submits a recurring task. The expression (and `options.timezone`) is parsed now; the
+    /// first run is the first occurrence strictly after now. `delay` is refused.
+    pub async fn cron(
+        &self,
+        name: &str,
+        expr: &str,
+        payload: Value,
+        options: TaskOptions,
+    ) -> Result<TaskId, RuntimeError> {
+        let entry = self.inner.registry.get(name).ok_or_else(|| unknown(name))?;
+        if options.delay.is_some() {
+            return Err(DomainError::InvalidOption {
+                field: "delay",
+                reason:
+                    "cron tasks run on their schedule; delay applies to enqueued (async) tasks only"
+                        .into(),
+            }
+            .into());
+        }
+        let schedule = CronSchedule::parse(expr, options.timezone.as_deref())?;
+        let now = self.inner.clock.now();
+        let next_run_time = schedule.next_after(now)?;
+        let resolved = options::resolve(&self.inner.defaults, &entry.options, &options)?;
+        let task = NewTask {
+            name: name.to_owned(),
+            task_type: TaskType::Cron,
+            priority: resolved.priority,
+            payload,
+            tag: options.tag,
+            next_run_time,
+            timeout: resolved.timeout,
+            max_retries: resolved.max_retries,
+            retry_interval: resolved.retry_interval,
+            retry_backoff: resolved.retry_backoff,
+            cron_expr: Some(expr.to_owned()),
+            timezone: options.timezone,
+            root_id: None,
+            parent_id: None,
+            parent_round: None,
+            created_at: now,
+        };
+        let ids = self.inner.store.insert_tasks(vec![task]).await?;
+        self.inner.wake.notify_one();
+        ids.into_iter().next().ok_or_else(|| {
+            RuntimeError::Store(PortError::Database {
+                backend: self.inner.store.backend(),
+                message: "insert_tasks returned no id for one task".into(),
+            })
+        })
+    }
+
+    // --- control ----------------------------------------------------------------------
+
+    /// Starts the claim loop, the maintenance loop and the notification listener.
+    /// A running engine is left alone; a stopped one cannot be restarted.
+    pub async fn start(&self) -> Result<(), RuntimeError> {
+        {
+            let mut state = self
+                .inner
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match *state {
+                ManagerState::Stopped => return Err(RuntimeError::AlreadyStopped),
+                ManagerState::Running => {
+                    tracing::debug!(worker_id = %self.inner.worker_id, "start: already running");
+                    return Ok(());
+                }
+                ManagerState::Init => *state = ManagerState::Running,
+            }
+        }
+        let now = self.inner.clock.now();
+        if self.inner.retention.is_some() {
+            // First automatic retention run one cadence after start (the startup tick is
+            // skipped), so starting a worker never begins with a large delete.
+            *self
+                .inner
+                .retention_due
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) =
+                Some(time::add(now, self.inner.options.retention_interval));
+        }
+        let claim_loop = tokio::spawn(self.inner.clone().claim_loop());
+        let maintenance = tokio::spawn(self.inner.clone().maintenance_loop());
+        let listener = tokio::spawn(self.inner.clone().notification_loop());
+        let mut background = self
+            .inner
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        background.claim_loop = Some(claim_loop);
+        background.others = vec![maintenance, listener];
+        tracing::info!(worker_id = %self.inner.worker_id, backend = self.inner.store.backend(), "engine started");
+        Ok(())
+    }
+
+    /// Stops claiming, lets in-flight executions finish and record their outcome for up to
+    /// `stop_timeout`, then cancels the rest and releases them (`pending`, attempt
+    /// `interrupted`, reason `worker_stopping`), stops the background loops and closes the
+    /// store. On a never-started engine it only closes the store. Idempotent.
+    pub async fn stop(&self) -> Result<(), RuntimeError> {
+        if self.inner.stopping.swap(true, Ordering::SeqCst) {
+            tracing::debug!(worker_id = %self.inner.worker_id, "stop: already stopping or stopped");
+            return Ok(());
+        }
+        let was = self.state();
+        if was == ManagerState::Running {
+            self.inner.claim_shutdown.cancel();
+            let (claim_loop, others) = {
+                let mut background = self
+                    .inner
+                    .background
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                (
+                    background.claim_loop.take(),
+                    std::mem::take(&mut background.others),
+                )
+            };
+            // Wait for the loop so that no claim lands after the drain starts.
+            if let Some(handle) = claim_loop
+                && let Err(error) = handle.await
+            {
+                tracing::error!(%error, "claim loop ended abnormally");
+            }
+            self.inner.drain().await;
+            self.inner.background_shutdown.cancel();
+            for handle in others {
+                if let Err(error) = handle.await {
+                    tracing::error!(%error, "background loop ended abnormally");
+                }
+            }
+        }
+        *self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ManagerState::Stopped;
+        self.inner.store.close().await;
+        tracing::info!(worker_id = %self.inner.worker_id, "engine stopped");
+        Ok(())
+    }
+
+    /// Stops claiming new tasks. Running executions, heartbeats and sweeps continue.
+    pub fn pause(&self) {
+        self.inner.paused.send_replace(true);
+    }
+
+    /// Resumes claiming after [`Engine::pause`].
+    pub fn resume(&self) {
+        self.inner.paused.send_replace(false);
+        self.inner.wake.notify_one();
+    }
+
+    /// Pauses one task (`pending`, `running`, `failed`, `timeout`). A running attempt in this
+    /// engine is cancelled through its token; its late write is fenced out.
+    pub async fn pause_task(&self, id: TaskId) -> Result<Task, RuntimeError> {
+        let now = self.inner.clock.now();
+        let task = self.inner.store.apply(id, Command::Pause, now).await?;
+        self.inner.cancel_task_locally(id, CancelReason::Admin);
+        Ok(task)
+    }
+
+    /// Resumes a paused, failed, timed-out, running or suspended task (`pending`, retry count
+    /// 0). A parent still waiting for children of its round is refused
+    /// (`DomainError::AwaitingChildren`). Wakes the claim loop.
+    pub async fn resume_task(
+        &self,
+        id: TaskId,
+        reason: Option<String>,
+    ) -> Result<Task, RuntimeError> {
+        let current = self
+            .inner
+            .store
+            .get_task(id)
+            .await?
+            .ok_or(RuntimeError::Store(PortError::NotFound(id)))?;
+        let outstanding_children = if current.status == TaskStatus::Suspended
+            && current.suspend_reason.as_deref() == Some(AWAITING_SUBTASKS)
+        {
+            self.inner
+                .store
+                .outstanding_children(id, current.stage)
+                .await?
+        } else {
+            0
+        };
+        let now = self.inner.clock.now();
+        let task = self
+            .inner
+            .store
+            .apply(
+                id,
+                Command::Resume {
+                    reason,
+                    outstanding_children,
+                },
+                now,
+            )
+            .await?;
+        self.inner.cancel_task_locally(id, CancelReason::Admin);
+        self.inner.wake.notify_one();
+        Ok(task)
+    }
+
+    /// Cancels a task from any non-terminal status (`permanently_failed`, error `reason` or
+    /// `Task cancelled`). A running attempt in this engine is cancelled through its token.
+    pub async fn cancel_task(
+        &self,
+        id: TaskId,
+        reason: Option<String>,
+    ) -> Result<Task, RuntimeError> {
+        let now = self.inner.clock.now();
+        let task = self
+            .inner
+            .store
+            .apply(id, Command::Cancel { reason }, now)
+            .await?;
+        self.inner.cancel_task_locally(id, CancelReason::Admin);
+        Ok(task)
+    }
+
+    /// Runs one maintenance tick now: heartbeat, expiry sweep and the automatic retention
+    /// cadence (exactly what the background loop does every `task_heartbeat_interval`).
+    pub async fn run_maintenance(&self) -> Result<crate::SweepReport, RuntimeError> {
+        self.inner.maintenance_tick().await
+    }
+
+    /// Deletes every expired workflow now, batch after batch, with the configured policy or
+    /// `policy`. A disabled configured policy yields a zero report.
+    pub async fn run_retention(
+        &self,
+        policy: Option<RetentionPolicy>,
+    ) -> Result<RetentionReport, RuntimeError> {
+        self.inner.run_retention(policy).await
+    }
+}
+
+fn unknown(name: &str) -> RuntimeError {
+    RuntimeError::UnknownHandler {
+        name: name.to_owned(),
+    }
+}
+
+impl Inner {
+    /// Builds an async task row, checking the handler and the options.
+    fn new_async_task(
+        &self,
+        name: &str,
+        payload: Value,
+        options: &TaskOptions,
+        now: DateTime<Utc>,
+    ) -> Result<NewTask, RuntimeError> {
+        let entry = self.registry.get(name).ok_or_else(|| unknown(name))?;
+        if options.timezone.is_some() {
+            return Err(DomainError::InvalidOption {
+                field: "timezone",
+                reason: "only cron tasks have a time zone".into(),
+            }
+            .into());
+        }
+        let resolved = options::resolve(&self.defaults, &entry.options, options)?;
+        Ok(NewTask {
+            name: name.to_owned(),
+            task_type: TaskType::Async,
+            priority: resolved.priority,
+            payload,
+            tag: options.tag.clone(),
+            next_run_time: time::add(now, options.delay.unwrap_or_default()),
+            timeout: resolved.timeout,
+            max_retries: resolved.max_retries,
+            retry_interval: resolved.retry_interval,
+            retry_backoff: resolved.retry_backoff,
+            cron_expr: None,
+            timezone: None,
+            root_id: None,
+            parent_id: None,
+            parent_round: None,
+            created_at: now,
+        })
+    }
+
+    /// Fires the token of every local attempt of `id`.
+    pub(crate) fn cancel_task_locally(&self, id: TaskId, reason: CancelReason) {
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ((task_id, attempt), entry) in in_flight.iter() {
+            if *task_id == id {
+                tracing::debug!(task_id = %id, attempt, ?reason, "cancelling local execution");
+                entry.cancel.cancel(reason);
+            }
+        }
+    }
+
+    /// Fires the token of one local attempt, if it is in flight here.
+    pub(crate) fn cancel_attempt_locally(&self, id: TaskId, attempt: i32, reason: CancelReason) {
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = in_flight.get(&(id, attempt)) {
+            tracing::debug!(task_id = %id, attempt, ?reason, "cancelling local execution");
+            entry.cancel.cancel(reason);
+        }
+    }
+
+    /// A number in `[0, 1)` for retry jitter: the top 53 bits of a v4 uuid mixed with a
+    /// counter, so two failures in the same instant still differ. No extra dependency.
+    pub(crate) fn jitter(&self) -> f64 {
+        let salt = self.jitter_state.fetch_add(1, Ordering::Relaxed) as u128;
+        let bits =
+            (uuid::Uuid::new_v4().as_u128() ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 75;
+        bits as f64 / (1u64 << 53) as f64
+    }
+
+    /// Waits until `now() + wait` or until `cancel` fires; returns whether it was cancelled.
+    pub(crate) async fn sleep_or(&self, wait: Duration, cancel: &CancellationToken) -> bool {
+        let until = time::add(self.clock.now(), wait);
+        tokio::select! {
+            () = self.clock.sleep_until(until) => false,
+            () = cancel.cancelled() => true,
+        }
+    }
+
+    /// Whether the claim loop should exit.
+    fn claim_stopped(&self) -> bool {
+        self.claim_shutdown.is_cancelled()
+    }
+
+    /// The claim loop: pause gate, free slots, one batched claim, executions; idle-waits
+    /// `poll_interval` (cut short by a wake-up) when nothing is due, backs off on store errors
+    /// and never exits before `stop`.
+    async fn claim_loop(self: Arc<Self>) {
+        let mut paused = self.paused.subscribe();
+        let mut running = self.running.subscribe();
+        let mut failures: u32 = 0;
+        let max = self.options.max_concurrent_tasks;
+        loop {
+            if self.claim_stopped() {
+                break;
+            }
+            // Pause gate: only claiming waits here.
+            tokio::select! {
+                result = paused.wait_for(|paused| !*paused) => {
+                    if result.is_err() { break; }
+                }
+                () = self.claim_shutdown.cancelled() => break,
+            }
+            // A free slot.
+            tokio::select! {
+                result = running.wait_for(|running| *running < max) => {
+                    if result.is_err() { break; }
+                }
+                () = self.claim_shutdown.cancelled() => break,
+            }
+            if self.claim_stopped() {
+                break;
+            }
+            let free = max.saturating_sub(*self.running.borrow());
+            if free == 0 {
+                continue;
+            }
+            let names = self.registry.claim_names();
+            if names.is_empty() {
+                self.idle_wait(self.options.poll_interval).await;
+                continue;
+            }
+            let limit = free.min(self.options.claim_batch_size);
+            let request = ClaimRequest {
+                worker_id: self.worker_id.to_string(),
+                now: self.clock.now(),
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                names,
+            };
+            // This round sees every task submitted so far, so it satisfies the wake-ups
+            // posted until now; consuming them avoids an immediate, redundant second round.
+            let _ = self.wake.notified().now_or_never();
+            match self.store.claim(request).await {
+                Ok(tasks) if tasks.is_empty() => {
+                    failures = 0;
+                    self.idle_wait(self.options.poll_interval).await;
+                }
+                Ok(tasks) => {
+                    failures = 0;
+                    for task in tasks {
+                        self.clone().launch(task);
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let backoff = loop_backoff(self.options.poll_interval, failures);
+                    tracing::warn!(
+                        worker_id = %self.worker_id,
+                        %error,
+                        transient = error.is_transient(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "claim failed; backing off"
+                    );
+                    if self.sleep_or(backoff, &self.claim_shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!(worker_id = %self.worker_id, "claim loop stopped");
+    }
+
+    /// Waits `wait` on the clock, cut short by a wake-up or `stop`.
+    async fn idle_wait(&self, wait: Duration) {
+        let until = time::add(self.clock.now(), wait);
+        tokio::select! {
+            () = self.clock.sleep_until(until) => {}
+            () = self.wake.notified() => {}
+            () = self.claim_shutdown.cancelled() => {}
+        }
+    }
+
+    /// Accounts for a claimed task (slot, per-type count, in-flight entry) and spawns its
+    /// execution. Accounting happens here, synchronously in the loop, so the next claim round
+    /// already sees the slot taken.
+    fn launch(self: Arc<Self>, task: Task) {
+        let cancel = Cancel::default();
+        let counter = self.registry.counter(&task.name);
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.running.send_modify(|running| *running += 1);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (task.id, task.attempt),
+                InFlight {
+                    name: task.name.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
+        let slot = Slot {
+            inner: self.clone(),
+            key: (task.id, task.attempt),
+            counter,
+        };
+        tokio::spawn(async move {
+            let inner = slot.inner.clone();
+            inner.execute(task, cancel).await;
+            drop(slot);
+        });
+    }
+
+    /// Part of `stop`: waits up to `stop_timeout` for in-flight executions, then cancels the
+    /// rest with `Stopping` (each releases its task) and waits for them to wind down.
+    async fn drain(&self) {
+        let mut running = self.running.subscribe();
+        let deadline = time::add(self.clock.now(), self.options.stop_timeout);
+        let drained = tokio::select! {
+            result = running.wait_for(|running| *running == 0) => result.is_ok(),
+            () = self.clock.sleep_until(deadline) => false,
+        };
+        if drained {
+            return;
+        }
+        let left: Vec<(String, Cancel)> = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|((id, attempt), entry)| {
+                (
+                    format!("{}#{id}/{attempt}", entry.name),
+                    entry.cancel.clone(),
+                )
+            })
+            .collect();
+        tracing::warn!(
+            worker_id = %self.worker_id,
+            executions = ?left.iter().map(|(what, _)| what.as_str()).collect::<Vec<_>>(),
+            stop_timeout_ms = self.options.stop_timeout.as_millis() as u64,
+            "stop timeout reached; cancelling and releasing the remaining executions"
+        );
+        for (_, cancel) in &left {
+            cancel.cancel(CancelReason::Stopping);
+        }
+        let _ = running.wait_for(|running| *running == 0).await;
+    }
+
+    /// Wakes the claim loop whenever the store reports that work may be due elsewhere.
+    async fn notification_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.store.wait_for_notification() => self.wake.notify_one(),
+                () = self.background_shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    /// Runs maintenance every `task_heartbeat_interval` until stopped; errors are logged.
+    async fn maintenance_loop(self: Arc<Self>) {
+        let interval = self.options.task_heartbeat_interval;
+        loop {
+            if self.sleep_or(interval, &self.background_shutdown).await {
+                break;
+            }
+            if let Err(error) = self.maintenance_tick().await {
+                tracing::warn!(worker_id = %self.worker_id, %error, "maintenance tick failed");
+            }
+        }
+    }
+}
+
+/// `poll_interval × 2^(failures-1)`, capped at `max(poll_interval, 30 s)`.
+fn loop_backoff(poll_interval: Duration, failures: u32) -> Duration {
+    let cap = MAX_LOOP_BACKOFF.max(poll_interval);
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1).min(16))
+        .unwrap_or(u32::MAX);
+    poll_interval.saturating_mul(factor).min(cap)
+}
+
+/// One execution's hold on a slot; released when the execution ends, even if it panics.
+struct Slot {
+    inner: Arc<Inner>,
+    key: (TaskId, i32),
+    counter: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+        // Floored at zero: a counter must never wrap around and block a handler forever.
+        let _ = self
+            .counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            });
+        self.inner
+            .running
+            .send_modify(|running| *running = running.saturating_sub(1));
+        self.inner.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_backoff_grows_and_caps() {
+        let poll = Duration::from_millis(100);
+        assert_eq!(loop_backoff(poll, 1), poll);
+        assert_eq!(loop_backoff(poll, 2), Duration::from_millis(200));
+        assert_eq!(loop_backoff(poll, 4), Duration::from_millis(800));
+        assert_eq!(loop_backoff(poll, 40), MAX_LOOP_BACKOFF);
+        let slow = Duration::from_secs(60);
+        assert_eq!(
+            loop_backoff(slow, 5),
+            slow,
+            "never shorter than poll_interval"
+        );
+    }
+}
