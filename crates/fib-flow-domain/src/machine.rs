@@ -23,11 +23,17 @@ pub enum ExpiryKind {
 }
 
 /// A child of a parent's round reached a settled state (completed or permanently failed).
+///
+/// A round is identified by the parent's attempt number when it returned `next()`: unique and
+/// increasing (only a claim changes it), unlike the stage, which goes back to 0 on retry,
+/// release and restart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChildSettlement {
     /// The child.
     pub child_id: TaskId,
-    /// The parent round (parent stage) the child belongs to.
+    /// The round the child belongs to: the parent's attempt number when it returned `next()`
+    /// (the child's `parent_round`). The settlement counts only while the parent is suspended
+    /// awaiting children and its attempt is still this one; otherwise it is a no-op.
     pub round: i32,
     /// Whether the child failed permanently.
     pub failed: bool,
@@ -116,7 +122,8 @@ pub enum Command {
     Resume {
         /// Reason recorded in the event.
         reason: Option<String>,
-        /// For a parent awaiting children: children of its round not yet settled.
+        /// For a parent awaiting children: children of its round (those whose `parent_round`
+        /// is the parent's current attempt number) not yet settled.
         outstanding_children: i32,
     },
     /// `cancel_task`.
@@ -164,7 +171,8 @@ pub struct ParentEffect {
     pub parent_id: TaskId,
     /// The child.
     pub child_id: TaskId,
-    /// The round the child belongs to.
+    /// The round the child belongs to: its `parent_round` (the parent's attempt number when
+    /// it created the child), 0 when unset.
     pub round: i32,
     /// Whether the child failed permanently.
     pub failed: bool,

@@ -16,7 +16,8 @@ use crate::event::{AttemptChange, AttemptClose, EventType, NewAttempt, NewEvent}
 use crate::machine::{ChildSettlement, Command, ExpiryKind, Guard, ParentEffect, Transition};
 use crate::model::{AttemptOutcome, ChildFailurePolicy, RetryBackoff, Task, TaskStatus, TaskType};
 
-/// The suspension reason of a parent waiting for the children of its current round.
+/// The suspension reason of a parent waiting for the children of its current round (the
+/// attempt that returned `next()`).
 const AWAITING_SUBTASKS: &str = "awaiting_subtasks";
 
 /// Upper bound of an exponential retry delay.
@@ -751,9 +752,13 @@ impl<'a> Step<'a> {
         } = settlement;
         // A settlement only counts for the round the parent is waiting on; anything else is
         // a late or repeated report, and ignoring it is what makes accounting exactly-once.
+        // The round is the attempt that returned `next()`: only a claim changes the attempt
+        // number, so it stays put while the parent waits and never repeats, whereas the stage
+        // goes back to 0 on retry, release and restart and would let an old round's children
+        // count toward a new one.
         let waiting = self.before.status == TaskStatus::Suspended
             && self.before.suspend_reason.as_deref() == Some(AWAITING_SUBTASKS)
-            && self.before.stage == round;
+            && self.before.attempt == round;
         if !waiting {
             return;
         }

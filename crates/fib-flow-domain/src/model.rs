@@ -356,7 +356,7 @@ pub struct Task {
     pub root_id: Option<TaskId>,
     /// Parent task (`None` for a root task).
     pub parent_id: Option<TaskId>,
-    /// The parent's stage when this child was created: the round it belongs to.
+    /// The parent's attempt number when it created this child: the round it belongs to.
     pub parent_round: Option<i32>,
     /// Children created over the task's life.
     pub total_children: i32,
@@ -418,7 +418,7 @@ pub struct NewTask {
     pub root_id: Option<TaskId>,
     /// Parent for children.
     pub parent_id: Option<TaskId>,
-    /// The parent's round for children.
+    /// The parent's attempt number when it created this child: the round it belongs to.
     pub parent_round: Option<i32>,
     /// Creation instant.
     pub created_at: DateTime<Utc>,

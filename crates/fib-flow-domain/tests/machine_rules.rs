@@ -1255,11 +1255,12 @@ fn a_settling_child_with_siblings_outstanding_only_counts() {
     let parent = awaiting(
         Task {
             stage: 1,
+            attempt: 3,
             ..async_task()
         },
         3,
     );
-    let t = apply(&parent, settled(20, 1, false, 2), at(4)).expect("settle");
+    let t = apply(&parent, settled(20, 3, false, 2), at(4)).expect("settle");
     assert_eq!(t.task.completed_children, 1);
     assert_eq!(t.task.status, TaskStatus::Suspended);
     assert!(t.events.is_empty());
@@ -1273,11 +1274,13 @@ fn a_settling_child_with_siblings_outstanding_only_counts() {
 fn the_last_child_resumes_the_parent_at_the_next_stage() {
     let parent = Task {
         stage: 1,
+        attempt: 4,
         completed_children: 2,
         next_run_time: at(-500),
         ..awaiting(async_task(), 3)
     };
-    let t = apply(&parent, settled(22, 1, false, 0), at(4)).expect("settle");
+    let t = apply(&parent, settled(22, 4, false, 0), at(4)).expect("settle");
+    assert_eq!(t.task.attempt, 4);
     assert_eq!(t.task.completed_children, 3);
     assert_eq!(t.task.status, TaskStatus::Pending);
     assert_eq!(t.task.stage, 2);
@@ -1305,7 +1308,7 @@ fn a_failed_child_under_the_resume_policy_is_just_a_settled_child() {
         completed_children: 1,
         ..awaiting(async_task(), 2)
     };
-    let t = apply(&parent, settled(21, 0, true, 0), at(4)).expect("settle");
+    let t = apply(&parent, settled(21, 1, true, 0), at(4)).expect("settle");
     assert_eq!(t.task.status, TaskStatus::Pending);
     assert_eq!(t.task.stage, 1);
     assert_eq!(t.task.error, None);
@@ -1320,7 +1323,7 @@ fn a_failed_child_fails_an_async_parent_that_asked_for_it() {
         parent_round: Some(0),
         ..awaiting(async_task(), 3)
     };
-    let t = apply(&parent, settled(21, 0, true, 2), at(4)).expect("settle");
+    let t = apply(&parent, settled(21, 1, true, 2), at(4)).expect("settle");
     assert_eq!(t.task.status, TaskStatus::PermanentlyFailed);
     assert_eq!(t.task.completed_children, 1);
     assert_eq!(t.task.error.as_deref(), Some("Child task 21 failed"));
@@ -1340,7 +1343,7 @@ fn a_failed_child_fails_an_async_parent_that_asked_for_it() {
         })
     );
     // The siblings that settle later find a parent that moved on.
-    let late = apply(&t.task, settled(22, 0, false, 1), at(5)).expect("late");
+    let late = apply(&t.task, settled(22, 1, false, 1), at(5)).expect("late");
     assert!(late.is_noop(&t.task));
 }
 
@@ -1350,7 +1353,7 @@ fn a_failed_child_pauses_a_cron_parent_that_asked_for_it() {
         child_failure_policy: ChildFailurePolicy::FailParent,
         ..awaiting(cron_task(), 1)
     };
-    let t = apply(&parent, settled(21, 0, true, 0), at(4)).expect("settle");
+    let t = apply(&parent, settled(21, 1, true, 0), at(4)).expect("settle");
     assert_eq!(t.task.status, TaskStatus::Paused);
     assert_eq!(t.task.suspend_reason, None);
     assert_eq!(event_types(&t), vec![EventType::TaskPaused]);
@@ -1365,32 +1368,35 @@ fn a_failed_child_pauses_a_cron_parent_that_asked_for_it() {
 fn settlements_for_another_round_or_state_are_no_ops() {
     let parent = Task {
         stage: 2,
+        attempt: 5,
         ..awaiting(async_task(), 3)
     };
     let cases = [
-        (parent.clone(), settled(20, 1, false, 0)),
-        (parent.clone(), settled(20, 3, true, 0)),
+        (parent.clone(), settled(20, 4, false, 0)),
+        (parent.clone(), settled(20, 6, true, 0)),
+        // The round is the attempt, not the stage.
+        (parent.clone(), settled(20, 2, false, 0)),
         (
             Task {
                 status: TaskStatus::Pending,
                 suspend_reason: None,
                 ..parent.clone()
             },
-            settled(20, 2, false, 0),
+            settled(20, 5, false, 0),
         ),
         (
             Task {
                 suspend_reason: Some("approval".to_owned()),
                 ..parent.clone()
             },
-            settled(20, 2, false, 0),
+            settled(20, 5, false, 0),
         ),
         (
             Task {
                 status: TaskStatus::PermanentlyFailed,
                 ..parent.clone()
             },
-            settled(20, 2, true, 0),
+            settled(20, 5, true, 0),
         ),
     ];
     for (task, command) in cases {
@@ -1400,6 +1406,78 @@ fn settlements_for_another_round_or_state_are_no_ops() {
         assert_eq!(t.parent, None);
         assert!(t.events.is_empty());
     }
+}
+
+#[test]
+fn a_late_settlement_from_an_old_round_is_a_no_op_for_a_new_round_at_the_same_stage() {
+    let policy = |fail_parent| {
+        if fail_parent {
+            ChildFailurePolicy::FailParent
+        } else {
+            ChildFailurePolicy::Resume
+        }
+    };
+    let await_children = |attempt: i32, ids: &[i64], fail_parent: bool| Command::AwaitChildren {
+        attempt,
+        child_ids: ids.iter().copied().map(TaskId).collect(),
+        child_names: ids.iter().map(|id| format!("c{id}")).collect(),
+        context: None,
+        policy: policy(fail_parent),
+    };
+
+    // Round 1: attempt 1 returns next() at stage 0 with three children.
+    let mut task = cron_task();
+    task = apply(&task, claim("w"), at(0)).expect("claim").task;
+    task = apply(&task, await_children(1, &[30, 31, 32], true), at(1))
+        .expect("await")
+        .task;
+    assert_eq!((task.stage, task.attempt), (0, 1));
+
+    // One child fails: the cron parent pauses with 31 and 32 of round 1 still outstanding.
+    task = apply(&task, settled(30, 1, true, 2), at(2))
+        .expect("settle")
+        .task;
+    assert_eq!(task.status, TaskStatus::Paused);
+
+    // Restarted: back to stage 0, claimed as attempt 2, and a new round at stage 0.
+    task = apply(
+        &task,
+        Command::Resume {
+            reason: None,
+            outstanding_children: 0,
+        },
+        at(3),
+    )
+    .expect("resume")
+    .task;
+    assert_eq!((task.status, task.stage), (TaskStatus::Pending, 0));
+    task = apply(&task, claim("w"), at(4)).expect("claim").task;
+    task = apply(&task, await_children(2, &[40, 41], false), at(5))
+        .expect("await")
+        .task;
+    assert_eq!(task.status, TaskStatus::Suspended);
+    assert_eq!((task.stage, task.attempt), (0, 2));
+    assert_eq!(task.completed_children, 1);
+
+    // The old round's children settle late; same stage, older attempt: nothing happens, even
+    // for a report that would claim the round is done.
+    for command in [settled(31, 1, false, 1), settled(32, 1, true, 0)] {
+        let t = apply(&task, command, at(6)).expect("late settlement");
+        assert!(t.is_noop(&task));
+        assert_eq!(t.task, task);
+        assert!(t.events.is_empty());
+    }
+
+    // Only the new round's children count, and the last of them resumes the parent.
+    task = apply(&task, settled(40, 2, false, 1), at(7))
+        .expect("settle")
+        .task;
+    assert_eq!(task.status, TaskStatus::Suspended);
+    assert_eq!(task.completed_children, 2);
+    let t = apply(&task, settled(41, 2, false, 0), at(8)).expect("settle");
+    assert_eq!(t.task.status, TaskStatus::Pending);
+    assert_eq!(t.task.stage, 1);
+    assert_eq!(t.task.completed_children, 3);
 }
 
 // ---- general ---------------------------------------------------------------------------------
@@ -1436,7 +1514,7 @@ fn a_two_stage_parent_runs_to_completion() {
     )
     .expect("await")
     .task;
-    task = apply(&task, settled(30, 0, false, 0), at(2))
+    task = apply(&task, settled(30, 1, false, 0), at(2))
         .expect("settle")
         .task;
     assert_eq!((task.status, task.stage), (TaskStatus::Pending, 1));

@@ -2,7 +2,7 @@
 //! sequences (with right and stale attempt numbers) while time advances.
 //!
 //! A small harness plays the store: it keeps the children each accepted `AwaitChildren`
-//! creates, reports each child's settlement to the parent once (the store's exactly-once
+//! creates (in the round of the parent's attempt that returned `next()`), reports each child's settlement to the parent once (the store's exactly-once
 //! guarantee), and sometimes reports a child a second time after the parent moved on, which the
 //! machine must ignore.
 
@@ -128,7 +128,8 @@ fn start() -> impl Strategy<Value = Start> {
                 if child && !cron {
                     task.root_id = Some(TaskId(1));
                     task.parent_id = Some(TaskId(2));
-                    task.parent_round = Some(stage % 2);
+                    // The (arbitrary) attempt of the parent that created this child.
+                    task.parent_round = Some(stage % 2 + 1);
                 }
                 task.max_retries = max_retries;
                 task.retry_interval = Duration::from_secs(interval);
@@ -175,6 +176,7 @@ fn start() -> impl Strategy<Value = Start> {
 #[derive(Debug, Clone)]
 struct Child {
     id: TaskId,
+    /// The parent's attempt that created the child.
     round: i32,
     settled: bool,
 }
@@ -199,7 +201,7 @@ impl Harness {
         let seeded = (0..children)
             .map(|i| Child {
                 id: TaskId(1000 + i64::from(i)),
-                round: task.stage,
+                round: task.attempt,
                 settled: false,
             })
             .collect();
@@ -222,11 +224,11 @@ impl Harness {
         }
     }
 
-    /// Whether the parent is waiting for the children of `round`.
+    /// Whether the parent is waiting for the children of `round` (an attempt number).
     fn waits_on(&self, round: i32) -> bool {
         self.task.status == TaskStatus::Suspended
             && self.task.suspend_reason.as_deref() == Some("awaiting_subtasks")
-            && self.task.stage == round
+            && self.task.attempt == round
     }
 
     fn outstanding(&self, round: i32, except: Option<TaskId>) -> i32 {
@@ -312,7 +314,7 @@ impl Harness {
             Op::Pause => Command::Pause,
             Op::Resume => Command::Resume {
                 reason: None,
-                outstanding_children: self.outstanding(self.task.stage, None),
+                outstanding_children: self.outstanding(self.task.attempt, None),
             },
             Op::Cancel => Command::Cancel { reason: None },
             Op::Settle { pick, failed } => return self.settle(pick, failed),
@@ -431,19 +433,20 @@ impl Harness {
                 for id in child_ids {
                     self.children.push(Child {
                         id: *id,
-                        round: before.stage,
+                        round: before.attempt,
                         settled: false,
                     });
                 }
                 self.next_child_id += i64::try_from(child_ids.len()).expect("few");
             }
             Command::ChildSettled(settlement) => {
-                // (f) Counted at most once, only for the awaited round; a parent only resumes
-                // once nothing of the round is outstanding.
+                // (f) Counted at most once, only for the awaited round (the parent's current
+                // attempt, whatever its stage); a parent only resumes once nothing of the round
+                // is outstanding.
                 let delta = after.completed_children - before.completed_children;
                 let awaited = before.status == TaskStatus::Suspended
                     && before.suspend_reason.as_deref() == Some("awaiting_subtasks")
-                    && before.stage == settlement.round;
+                    && before.attempt == settlement.round;
                 prop_assert_eq!(delta, i32::from(awaited));
                 if !awaited {
                     prop_assert!(t.is_noop(before));
@@ -673,6 +676,7 @@ fn check_common(
         prop_assert_eq!(effect.failed, after.status == TaskStatus::PermanentlyFailed);
         prop_assert_eq!(effect.child_id, before.id);
         prop_assert_eq!(Some(effect.parent_id), before.parent_id);
+        prop_assert_eq!(Some(effect.round), before.parent_round);
     }
     Ok(())
 }

@@ -78,7 +78,7 @@ pub fn cron_task() -> Task {
     }
 }
 
-/// A child (id 8) of task 7 in workflow 1, created in parent round 2.
+/// A child (id 8) of task 7 in workflow 1, created in parent round 2 (the parent's attempt 2).
 pub fn child_task() -> Task {
     Task {
         id: TaskId(8),
@@ -105,7 +105,8 @@ pub fn running(task: Task, attempt: i32) -> Task {
     }
 }
 
-/// `task` suspended waiting for `total` children in its current stage.
+/// `task` suspended waiting for `total` children of its round: its attempt number (at least 1),
+/// the attempt that returned `next()`.
 pub fn awaiting(task: Task, total: i32) -> Task {
     Task {
         status: TaskStatus::Suspended,
