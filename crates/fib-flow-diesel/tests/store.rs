@@ -571,7 +571,7 @@ async fn spawn(
     let root = parent_task.workflow_root();
     let children = names
         .iter()
-        .map(|name| child(name, parent, root, parent_task.stage))
+        .map(|name| child(name, parent, root, attempt))
         .collect();
     ctx.store
         .spawn_children(SpawnRequest {
@@ -619,7 +619,7 @@ async fn children_settle_into_parent(ctx: Ctx) {
     assert_eq!(p.context, Some(vec![1, 2, 3]));
     assert_eq!(
         ctx.store
-            .outstanding_children(parent, 0)
+            .outstanding_children(parent, 1)
             .await
             .expect("outstanding"),
         2
@@ -632,7 +632,7 @@ async fn children_settle_into_parent(ctx: Ctx) {
         .expect("kid");
     assert_eq!(kid.root_id, Some(parent));
     assert_eq!(kid.parent_id, Some(parent));
-    assert_eq!(kid.parent_round, Some(0));
+    assert_eq!(kid.parent_round, Some(1));
     let created = events_of(&ctx, kids[0]).await;
     assert_eq!(created[0].root_id, parent);
     assert_eq!(created[0].parent_id, Some(parent));
@@ -681,7 +681,7 @@ async fn children_settle_into_parent(ctx: Ctx) {
     assert_eq!(p.completed_children, 1);
     assert_eq!(
         ctx.store
-            .outstanding_children(parent, 0)
+            .outstanding_children(parent, 1)
             .await
             .expect("outstanding"),
         1
@@ -714,7 +714,7 @@ async fn children_settle_into_parent(ctx: Ctx) {
 
     let results = ctx
         .store
-        .child_results(parent, 0)
+        .child_results(parent, 1)
         .await
         .expect("child results");
     assert_eq!(results.len(), 2);
@@ -726,7 +726,7 @@ async fn children_settle_into_parent(ctx: Ctx) {
     assert_eq!(results[1].result, None);
     assert!(
         ctx.store
-            .child_results(parent, 1)
+            .child_results(parent, 2)
             .await
             .expect("round 1")
             .is_empty()
