@@ -299,3 +299,72 @@ fn created_events_and_child_results() {
     assert_eq!(failed.result, None);
     assert_eq!(failed.error.as_deref(), Some("x"));
 }
+
+#[test]
+fn transient_faults_are_unavailable() {
+    use diesel::result::{DatabaseErrorKind, Error};
+    let db = |kind, message: &str| Error::DatabaseError(kind, Box::new(message.to_owned()));
+    for error in [
+        db(DatabaseErrorKind::Unknown, "database is locked"),
+        db(DatabaseErrorKind::Unknown, "deadlock detected"),
+        db(
+            DatabaseErrorKind::Unknown,
+            "Deadlock found when trying to get lock; try restarting transaction",
+        ),
+        db(
+            DatabaseErrorKind::Unknown,
+            "Lock wait timeout exceeded; try restarting transaction",
+        ),
+        db(
+            DatabaseErrorKind::SerializationFailure,
+            "could not serialize access",
+        ),
+        db(DatabaseErrorKind::ClosedConnection, "closed"),
+        db(
+            DatabaseErrorKind::Unknown,
+            "terminating connection due to administrator command",
+        ),
+        Error::BrokenTransactionManager,
+    ] {
+        let mapped = crate::error::db_error("x", error);
+        assert!(mapped.is_transient(), "{mapped}");
+    }
+    for error in [
+        db(DatabaseErrorKind::UniqueViolation, "duplicate key value"),
+        db(
+            DatabaseErrorKind::CheckViolation,
+            "CHECK constraint failed: status",
+        ),
+        Error::NotFound,
+    ] {
+        let mapped = crate::error::db_error("x", error);
+        assert!(
+            matches!(mapped, PortError::Database { backend: "x", .. }),
+            "{mapped}"
+        );
+    }
+}
+
+#[test]
+fn domain_verdicts_map_to_stale_or_rejected() {
+    use fib_flow_domain::DomainError;
+    let stale = crate::error::domain_error(DomainError::StaleAttempt {
+        task_id: TaskId(1),
+        attempt: 2,
+        current_attempt: 3,
+        status: TaskStatus::Running,
+    });
+    assert!(matches!(
+        stale,
+        PortError::Stale {
+            task_id: TaskId(1),
+            attempt: 2
+        }
+    ));
+    let rejected = crate::error::domain_error(DomainError::IllegalTransition {
+        task_id: TaskId(1),
+        from: TaskStatus::Completed,
+        command: "pause",
+    });
+    assert!(matches!(rejected, PortError::Rejected(_)));
+}

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, Ctx, at, child, new_task, t0};
+use common::{Backend, Ctx, at, child, new_task, raw_exec, t0};
 use fib_flow_domain::progress::{Progress, RecordContext, progress_record};
 use fib_flow_domain::query::{
     AttemptQuery, DeleteFilter, EventQuery, Order, PageRequest, TaskQuery,
@@ -1602,3 +1602,128 @@ async fn wait_for_notification_pending_or_wakes(ctx: Ctx) {
     }
 }
 store_test!(wait_for_notification_pending_or_wakes);
+
+// ---- schema constraints and malformed rows -------------------------------------------------
+
+async fn constraints_and_malformed_rows(ctx: Ctx) {
+    if ctx.backend == Backend::SqliteMemory {
+        return; // needs a second connection to the same database
+    }
+    let ids = ctx
+        .store
+        .insert_tasks(vec![new_task("c")])
+        .await
+        .expect("insert");
+    let id = ids[0].0;
+    // CHECK constraints on every backend.
+    for sql in [
+        format!("UPDATE fib_flow_tasks SET status = 'bogus' WHERE id = {id}"),
+        format!("UPDATE fib_flow_tasks SET type = 'weekly' WHERE id = {id}"),
+        format!("UPDATE fib_flow_tasks SET retry_backoff = 'linear' WHERE id = {id}"),
+        format!("UPDATE fib_flow_tasks SET child_failure_policy = 'ignore' WHERE id = {id}"),
+        format!("UPDATE fib_flow_task_attempts SET outcome = 'meh' WHERE task_id = {id}"),
+        "INSERT INTO fib_flow_workers (worker_id, pod_id, status, registered_at, last_seen_at, expires_at) VALUES ('w', 'p', 'zombie', 0, 0, 0)".to_owned(),
+    ] {
+        // The attempts update matches no row; plant one first so the CHECK is exercised.
+        if sql.contains("fib_flow_task_attempts") {
+            raw_exec(&ctx, &format!("INSERT INTO fib_flow_task_attempts (task_id, attempt, started_at) VALUES ({id}, 1, 0)"))
+                .await
+                .expect("plant attempt");
+        }
+        let outcome = raw_exec(&ctx, &sql).await;
+        assert!(outcome.is_err(), "{:?} accepted: {sql}", ctx.backend);
+    }
+    // The unique (task_id, attempt) index.
+    let duplicate = raw_exec(
+        &ctx,
+        &format!(
+            "INSERT INTO fib_flow_task_attempts (task_id, attempt, started_at) VALUES ({id}, 1, 0)"
+        ),
+    )
+    .await;
+    assert!(duplicate.is_err(), "duplicate attempt accepted");
+    // Defaults.
+    raw_exec(&ctx, "INSERT INTO fib_flow_tasks (name, type, payload, created_at, next_run_time) VALUES ('defaults', 'async', 'null', 0, 0)")
+        .await
+        .expect("insert with defaults");
+    let defaults = ctx
+        .store
+        .list_tasks(TaskQuery {
+            name: Some("defaults".into()),
+            ..TaskQuery::default()
+        })
+        .await
+        .expect("list");
+    let d = &defaults[0];
+    assert_eq!(
+        (d.status, d.priority, d.max_retries, d.attempt),
+        (TaskStatus::Pending, 0, 3, 0)
+    );
+    assert_eq!(d.retry_backoff, RetryBackoff::Fixed);
+    assert_eq!(d.child_failure_policy, ChildFailurePolicy::Resume);
+    assert_eq!(d.timeout, None);
+
+    // Event statuses are not constrained; a malformed one is a clear database error on read.
+    raw_exec(
+        &ctx,
+        &format!("UPDATE fib_flow_task_events SET from_status = 'exploded' WHERE task_id = {id}"),
+    )
+    .await
+    .expect("plant bad event");
+    let read = ctx
+        .store
+        .query_events(
+            EventQuery {
+                task_id: Some(ids[0]),
+                ..EventQuery::default()
+            },
+            page(10),
+        )
+        .await;
+    match read {
+        Err(PortError::Database { message, .. }) => {
+            assert!(message.contains("exploded"), "{message}")
+        }
+        other => panic!("expected a database error, got {other:?}"),
+    }
+}
+store_test!(constraints_and_malformed_rows);
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_postgres_is_unavailable() {
+    let config = fib_flow_diesel::StoreConfig {
+        url: "psql://postgres@127.0.0.1:1/nothing".into(),
+        pool_size: 1,
+        acquire_timeout: Duration::from_secs(2),
+    };
+    let error = fib_flow_diesel::connect(config)
+        .await
+        .err()
+        .expect("no server on port 1");
+    assert!(error.is_transient(), "{error}");
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_mysql_is_unavailable() {
+    let config = fib_flow_diesel::StoreConfig {
+        url: "mysql://root@127.0.0.1:1/nothing".into(),
+        pool_size: 1,
+        acquire_timeout: Duration::from_secs(2),
+    };
+    let error = fib_flow_diesel::connect(config)
+        .await
+        .err()
+        .expect("no server on port 1");
+    assert!(error.is_transient(), "{error}");
+}
+
+#[tokio::test]
+async fn create_database_refuses_sqlite() {
+    let error = fib_flow_diesel::create_database("sqlite::memory:", "x")
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(error, PortError::Config(_)), "{error}");
+}

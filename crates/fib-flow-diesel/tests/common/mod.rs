@@ -146,6 +146,7 @@ macro_rules! store_test {
         mod $body {
             use super::common::{Backend, run};
 
+            #[cfg(feature = "sqlite")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite_memory() {
                 run(Backend::SqliteMemory, stringify!($body), |ctx| {
@@ -154,6 +155,7 @@ macro_rules! store_test {
                 .await
             }
 
+            #[cfg(feature = "sqlite")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite_file() {
                 run(Backend::SqliteFile, stringify!($body), |ctx| {
@@ -222,5 +224,39 @@ pub fn child(name: &str, parent: TaskId, root: TaskId, round: i32) -> NewTask {
         root_id: Some(root),
         parent_round: Some(round),
         ..new_task(name)
+    }
+}
+
+/// Runs raw SQL on the test database through a separate connection (to plant bad data or
+/// probe constraints). Returns the database's error text on failure.
+pub async fn raw_exec(ctx: &Ctx, sql: &str) -> Result<(), String> {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    match ctx.backend {
+        Backend::SqliteMemory => Err("no second connection to a private in-memory database".into()),
+        #[cfg(feature = "sqlite")]
+        Backend::SqliteFile => {
+            type C = diesel_async::sync_connection_wrapper::SyncConnectionWrapper<
+                diesel::SqliteConnection,
+            >;
+            let path = ctx.url.trim_start_matches("sqlite:");
+            let mut conn = C::establish(path).await.map_err(|e| e.to_string())?;
+            conn.batch_execute(sql).await.map_err(|e| e.to_string())
+        }
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => {
+            let mut conn = diesel_async::AsyncPgConnection::establish(&ctx.url)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.batch_execute(sql).await.map_err(|e| e.to_string())
+        }
+        #[cfg(feature = "mysql")]
+        Backend::Mysql => {
+            let mut conn = diesel_async::AsyncMysqlConnection::establish(&ctx.url)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.batch_execute(sql).await.map_err(|e| e.to_string())
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err("backend not compiled in".into()),
     }
 }
