@@ -1728,3 +1728,32 @@ async fn create_database_refuses_sqlite() {
         .expect_err("refused");
     assert!(matches!(error, PortError::Config(_)), "{error}");
 }
+
+/// Migrations run on a blocking thread, so a current-thread runtime works too.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "current_thread")]
+async fn migrate_on_current_thread_runtime_sqlite() {
+    let store = fib_flow_diesel::connect(fib_flow_diesel::StoreConfig::new("sqlite::memory:"))
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    store.migrate().await.expect("again");
+    let ids = store
+        .insert_tasks(vec![new_task("ct")])
+        .await
+        .expect("insert");
+    assert_eq!(ids.len(), 1);
+    store.close().await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "current_thread")]
+async fn migrate_on_current_thread_runtime_postgres() {
+    common::run_current_thread(Backend::Postgres, "ct_pg").await;
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "current_thread")]
+async fn migrate_on_current_thread_runtime_mysql() {
+    common::run_current_thread(Backend::Mysql, "ct_my").await;
+}

@@ -260,3 +260,20 @@ pub async fn raw_exec(ctx: &Ctx, sql: &str) -> Result<(), String> {
         _ => Err("backend not compiled in".into()),
     }
 }
+
+/// Creates a database, migrates and inserts on whatever runtime the caller runs (the
+/// current-thread check of `migrate`).
+pub async fn run_current_thread(backend: Backend, test: &str) {
+    run(backend, test, |ctx| {
+        Box::pin(async move {
+            ctx.store.migrate().await.expect("second migrate");
+            let ids = ctx
+                .store
+                .insert_tasks(vec![new_task("ct")])
+                .await
+                .expect("insert");
+            assert_eq!(ids.len(), 1);
+        })
+    })
+    .await
+}
