@@ -125,7 +125,8 @@ pub(crate) struct Inner {
     pub(crate) defaults: TaskDefaults,
     pub(crate) retention: Option<RetentionPolicy>,
     pub(crate) registry: Registry,
-    state: Mutex<ManagerState>,
+    /// A watch so that a second, concurrent `stop` can wait for the first to finish.
+    state: watch::Sender<ManagerState>,
     stopping: std::sync::atomic::AtomicBool,
     paused: watch::Sender<bool>,
     /// Wake-ups for the claim loop's idle wait (enqueue, cron, register, resume, an execution
@@ -188,7 +189,7 @@ impl Engine {
                 defaults,
                 retention,
                 registry: Registry::default(),
-                state: Mutex::new(ManagerState::Init),
+                state: watch::Sender::new(ManagerState::Init),
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 paused: watch::Sender::new(false),
                 wake: Notify::new(),
@@ -215,11 +216,7 @@ impl Engine {
 
     /// `Init`, `Running` or `Stopped`.
     pub fn state(&self) -> ManagerState {
-        *self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        *self.inner.state.borrow()
     }
 
     /// The store.
@@ -413,20 +410,27 @@ impl Engine {
     /// Starts the claim loop, the maintenance loop and the notification listener.
     /// A running engine is left alone; a stopped one cannot be restarted.
     pub async fn start(&self) -> Result<(), RuntimeError> {
-        {
-            let mut state = self
-                .inner
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match *state {
-                ManagerState::Stopped => return Err(RuntimeError::AlreadyStopped),
-                ManagerState::Running => {
-                    tracing::debug!(worker_id = %self.inner.worker_id, "start: already running");
-                    return Ok(());
-                }
-                ManagerState::Init => *state = ManagerState::Running,
+        let mut previous = ManagerState::Init;
+        self.inner.state.send_if_modified(|state| {
+            previous = *state;
+            if *state == ManagerState::Init && !self.inner.stopping.load(Ordering::SeqCst) {
+                *state = ManagerState::Running;
+                true
+            } else {
+                false
             }
+        });
+        match previous {
+            ManagerState::Stopped => return Err(RuntimeError::AlreadyStopped),
+            ManagerState::Running => {
+                tracing::debug!(worker_id = %self.inner.worker_id, "start: already running");
+                return Ok(());
+            }
+            // A `stop` of the never-started engine is under way: it wins.
+            ManagerState::Init if self.inner.stopping.load(Ordering::SeqCst) => {
+                return Err(RuntimeError::AlreadyStopped);
+            }
+            ManagerState::Init => {}
         }
         let now = self.inner.clock.now();
         if self.inner.retention.is_some() {
@@ -455,11 +459,19 @@ impl Engine {
 
     /// Stops claiming, lets in-flight executions finish and record their outcome for up to
     /// `stop_timeout`, then cancels the rest and releases them (`pending`, attempt
-    /// `interrupted`, reason `worker_stopping`), stops the background loops and closes the
-    /// store. On a never-started engine it only closes the store. Idempotent.
+    /// `interrupted`, reason `worker_stopping`) and stops the background loops. The state
+    /// becomes `Stopped` for good.
+    ///
+    /// The store stays open so the stopped manager can still be queried (docs/semantics.md,
+    /// "Stop"); it closes when the last handle to it is dropped, or explicitly with
+    /// [`Engine::close`]. Idempotent; a concurrent second call waits for the first.
     pub async fn stop(&self) -> Result<(), RuntimeError> {
         if self.inner.stopping.swap(true, Ordering::SeqCst) {
             tracing::debug!(worker_id = %self.inner.worker_id, "stop: already stopping or stopped");
+            let mut state = self.inner.state.subscribe();
+            let _ = state
+                .wait_for(|state| *state == ManagerState::Stopped)
+                .await;
             return Ok(());
         }
         let was = self.state();
@@ -490,13 +502,16 @@ impl Engine {
                 }
             }
         }
-        *self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = ManagerState::Stopped;
-        self.inner.store.close().await;
+        self.inner.state.send_replace(ManagerState::Stopped);
         tracing::info!(worker_id = %self.inner.worker_id, "engine stopped");
+        Ok(())
+    }
+
+    /// [`Engine::stop`], then closes the store (its pool and any listener). Later store calls
+    /// through this engine or its clones fail.
+    pub async fn close(&self) -> Result<(), RuntimeError> {
+        self.stop().await?;
+        self.inner.store.close().await;
         Ok(())
     }
 
@@ -674,15 +689,6 @@ impl Inner {
         bits as f64 / (1u64 << 53) as f64
     }
 
-    /// Waits until `now() + wait` or until `cancel` fires; returns whether it was cancelled.
-    pub(crate) async fn sleep_or(&self, wait: Duration, cancel: &CancellationToken) -> bool {
-        let until = time::add(self.clock.now(), wait);
-        tokio::select! {
-            () = self.clock.sleep_until(until) => false,
-            () = cancel.cancelled() => true,
-        }
-    }
-
     /// Whether the claim loop should exit.
     fn claim_stopped(&self) -> bool {
         self.claim_shutdown.is_cancelled()
@@ -723,7 +729,8 @@ impl Inner {
             }
             let names = self.registry.claim_names();
             if names.is_empty() {
-                self.idle_wait(self.options.poll_interval).await;
+                let until = time::add(self.clock.now(), self.options.poll_interval);
+                self.idle_wait(until).await;
                 continue;
             }
             let limit = free.min(self.options.claim_batch_size);
@@ -736,10 +743,16 @@ impl Inner {
             // This round sees every task submitted so far, so it satisfies the wake-ups
             // posted until now; consuming them avoids an immediate, redundant second round.
             let _ = self.wake.notified().now_or_never();
+            tracing::trace!(now = %request.now, limit = request.limit, names = request.names.len(), "claim round");
+            // Waits are measured from the claim instant, not from when the claim returned:
+            // time that passed during the round (a slow query, a manual clock moved meanwhile)
+            // counts, so a task that became due during the round is not missed for a period.
+            let claimed_at = request.now;
             match self.store.claim(request).await {
                 Ok(tasks) if tasks.is_empty() => {
                     failures = 0;
-                    self.idle_wait(self.options.poll_interval).await;
+                    self.idle_wait(time::add(claimed_at, self.options.poll_interval))
+                        .await;
                 }
                 Ok(tasks) => {
                     failures = 0;
@@ -757,8 +770,10 @@ impl Inner {
                         retry_in_ms = backoff.as_millis() as u64,
                         "claim failed; backing off"
                     );
-                    if self.sleep_or(backoff, &self.claim_shutdown).await {
-                        break;
+                    let until = time::add(claimed_at, backoff);
+                    tokio::select! {
+                        () = self.clock.sleep_until(until) => {}
+                        () = self.claim_shutdown.cancelled() => break,
                     }
                 }
             }
@@ -766,9 +781,8 @@ impl Inner {
         tracing::debug!(worker_id = %self.worker_id, "claim loop stopped");
     }
 
-    /// Waits `wait` on the clock, cut short by a wake-up or `stop`.
-    async fn idle_wait(&self, wait: Duration) {
-        let until = time::add(self.clock.now(), wait);
+    /// Waits until `until` on the clock, cut short by a wake-up or `stop`.
+    async fn idle_wait(&self, until: DateTime<Utc>) {
         tokio::select! {
             () = self.clock.sleep_until(until) => {}
             () = self.wake.notified() => {}
@@ -780,6 +794,7 @@ impl Inner {
     /// execution. Accounting happens here, synchronously in the loop, so the next claim round
     /// already sees the slot taken.
     fn launch(self: Arc<Self>, task: Task) {
+        tracing::debug!(task_id = %task.id, attempt = task.attempt, name = %task.name, stage = task.stage, "claimed");
         let cancel = Cancel::default();
         let counter = self.registry.counter(&task.name);
         counter.fetch_add(1, Ordering::SeqCst);
@@ -855,10 +870,15 @@ impl Inner {
     /// Runs maintenance every `task_heartbeat_interval` until stopped; errors are logged.
     async fn maintenance_loop(self: Arc<Self>) {
         let interval = self.options.task_heartbeat_interval;
+        let mut next = time::add(self.clock.now(), interval);
         loop {
-            if self.sleep_or(interval, &self.background_shutdown).await {
-                break;
+            tokio::select! {
+                () = self.clock.sleep_until(next) => {}
+                () = self.background_shutdown.cancelled() => break,
             }
+            // Anchored on the tick's start so a slow tick does not stretch the cadence; no
+            // catch-up burst after a long pause either.
+            next = time::add(self.clock.now(), interval);
             if let Err(error) = self.maintenance_tick().await {
                 tracing::warn!(worker_id = %self.worker_id, %error, "maintenance tick failed");
             }

@@ -166,11 +166,7 @@ async fn per_type_limit_is_reflected_in_claim_names() {
     };
     assert_eq!(names(0), [free.clone(), limited(2)]);
     assert_eq!(names(1), [free.clone(), limited(1)], "remaining capacity");
-    assert_eq!(
-        names(2),
-        [free],
-        "a full handler is left out of the claim"
-    );
+    assert_eq!(names(2), [free], "a full handler is left out of the claim");
     gate.add_permits(1);
     rec.wait_count("a completion", 1, |event| matches!(event, Ev::Apply(..)))
         .await;
