@@ -554,7 +554,9 @@ impl Engine {
         {
             self.inner
                 .store
-                .outstanding_children(id, current.stage)
+                // A round is identified by the attempt that returned `next()` (docs/workflows.md);
+                // a suspended parent still holds that attempt number.
+                .outstanding_children(id, current.attempt)
                 .await?
         } else {
             0

@@ -55,7 +55,10 @@ impl Inner {
             return;
         };
         let child_results = if task.stage > 0 && task.total_children > 0 {
-            let round = task.stage - 1;
+            // The previous round is the attempt that returned `next()`. A suspended parent is
+            // never claimed, so the attempt resuming it is exactly the next one; a restart
+            // from stage 0 (retry, release, recovery) never gets here.
+            let round = task.attempt - 1;
             match self
                 .retrying("child results", id, attempt, || {
                     self.store.child_results(id, round)
@@ -279,7 +282,9 @@ impl Inner {
                     timezone: None,
                     root_id: Some(parent.workflow_root()),
                     parent_id: Some(parent.id),
-                    parent_round: Some(parent.stage),
+                    // The round is the spawning attempt, not the stage: the stage goes back to 0
+                    // on a restart, the attempt number never repeats (docs/workflows.md).
+                    parent_round: Some(parent.attempt),
                     created_at: now,
                 })
             })

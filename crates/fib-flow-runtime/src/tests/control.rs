@@ -235,7 +235,7 @@ async fn pause_task_of_a_running_attempt_drops_an_uncooperative_handler_after_th
 #[tokio::test]
 async fn resume_task_passes_outstanding_children_of_a_waiting_parent() {
     let (engine, rec, _clock) = engine();
-    let mut parent = running_task(5, "parent", 2, t0());
+    let mut parent = running_task(5, "parent", 3, t0());
     parent.status = TaskStatus::Suspended;
     parent.suspend_reason = Some("awaiting_subtasks".into());
     parent.stage = 1;
@@ -252,6 +252,10 @@ async fn resume_task_passes_outstanding_children_of_a_waiting_parent() {
             outstanding_children: 2
         }]
     );
+    assert!(
+        rec.log().contains(&Ev::Outstanding(TaskId(5), 3)),
+        "the round is the attempt that spawned the children"
+    );
 
     let mut human = running_task(6, "approval", 1, t0());
     human.status = TaskStatus::Suspended;
@@ -265,6 +269,11 @@ async fn resume_task_passes_outstanding_children_of_a_waiting_parent() {
             outstanding_children: 0
         }],
         "only parents awaiting subtasks count children"
+    );
+    assert_eq!(
+        rec.count(|event| matches!(event, Ev::Outstanding(..))),
+        1,
+        "asked once, for the parent"
     );
     let missing = engine.resume_task(TaskId(99), None).await;
     assert!(

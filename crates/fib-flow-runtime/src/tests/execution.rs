@@ -306,7 +306,7 @@ async fn spawn_resolves_child_options_spec_then_child_handler_then_parent_and_gl
     );
     assert_eq!(configured.parent_id, Some(TaskId(10)));
     assert_eq!(configured.root_id, Some(TaskId(1)));
-    assert_eq!(configured.parent_round, Some(2));
+    assert_eq!(configured.parent_round, Some(3), "the spawning attempt");
     assert_eq!(
         plain.priority, 3,
         "the parent's priority is the last resort"
@@ -541,7 +541,10 @@ async fn a_resumed_parent_receives_the_previous_rounds_child_results() {
     parent.stage = 1;
     parent.total_children = 1;
     run_claimed(&engine, &rec, vec![parent], 1).await;
-    assert!(rec.log().contains(&Ev::ChildResults(TaskId(10), 0)));
+    assert!(
+        rec.log().contains(&Ev::ChildResults(TaskId(10), 1)),
+        "the round of the attempt that spawned"
+    );
     assert!(is_complete(
         &rec.applies_to(10)[0],
         &json!({ "stage": 1, "results": [42] })

@@ -52,6 +52,7 @@ pub(crate) enum Ev {
     Insert(Vec<NewTask>),
     Purge(RetentionRun),
     ChildResults(TaskId, i32),
+    Outstanding(TaskId, i32),
     Close,
     /// A handler started (test handlers report it).
     Started(TaskId),
@@ -252,7 +253,10 @@ pub(crate) fn mock_store(rec: &Arc<Rec>) -> MockTaskStore {
         .returning(move |id| Ok(r.tasks.lock().unwrap().get(&id).cloned()));
     let r = rec.clone();
     mock.expect_outstanding_children()
-        .returning(move |_, _| Ok(*r.outstanding.lock().unwrap()));
+        .returning(move |id, round| {
+            r.push(Ev::Outstanding(id, round));
+            Ok(*r.outstanding.lock().unwrap())
+        });
     let r = rec.clone();
     mock.expect_child_results().returning(move |id, round| {
         r.push(Ev::ChildResults(id, round));
