@@ -153,6 +153,23 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    /// Shared by the clones of this engine (not by its background tasks): when the last clone
+    /// is dropped without `stop`, the loops are told to end instead of running on unowned.
+    _owners: Arc<Owners>,
+}
+
+/// Ends the claim and background loops when the last [`Engine`] clone goes away. Executions
+/// already running finish and record their outcome.
+struct Owners {
+    claim_shutdown: CancellationToken,
+    background_shutdown: CancellationToken,
+}
+
+impl Drop for Owners {
+    fn drop(&mut self) {
+        self.claim_shutdown.cancel();
+        self.background_shutdown.cancel();
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -180,7 +197,13 @@ impl Engine {
             None => Arc::from(format!("worker-{}", uuid::Uuid::new_v4())),
         };
         let defaults = options.task_defaults();
+        let claim_shutdown = CancellationToken::new();
+        let background_shutdown = CancellationToken::new();
         Ok(Engine {
+            _owners: Arc::new(Owners {
+                claim_shutdown: claim_shutdown.clone(),
+                background_shutdown: background_shutdown.clone(),
+            }),
             inner: Arc::new(Inner {
                 options,
                 worker_id,
@@ -195,8 +218,8 @@ impl Engine {
                 wake: Notify::new(),
                 running: watch::Sender::new(0),
                 in_flight: Mutex::new(HashMap::new()),
-                claim_shutdown: CancellationToken::new(),
-                background_shutdown: CancellationToken::new(),
+                claim_shutdown,
+                background_shutdown,
                 background: Mutex::new(Background::default()),
                 retention_due: Mutex::new(None),
                 jitter_state: AtomicUsize::new(0),

@@ -81,7 +81,9 @@ impl Inner {
             self.worker_id.clone(),
             self.store.clone(),
             self.clock.clone(),
-            cancel.token.clone(),
+            // A child token: the handler sees every cancellation of ours, but cancelling it
+            // from inside the handler cannot masquerade as one (no reason, no grace period).
+            cancel.token.child_token(),
         );
         let probe = handle.clone();
         let handler = entry.handler;

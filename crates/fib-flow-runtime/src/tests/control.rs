@@ -325,3 +325,76 @@ async fn domain_rejections_surface_as_invalid_input() {
         [Command::Pause, Command::Cancel { reason: None }]
     );
 }
+
+#[tokio::test]
+async fn a_handler_cancelling_its_own_token_does_not_cancel_the_attempt() {
+    let (engine, rec, _clock) = engine();
+    engine.register("self_cancel", |task: TaskHandle| async move {
+        task.cancellation().cancel();
+        tokio::task::yield_now().await;
+        Ok::<_, HandlerError>(json!("still recorded"))
+    });
+    rec.script_claim(Ok(vec![running_task(1, "self_cancel", 1, t0())]));
+    engine.start().await.unwrap();
+    rec.wait_count("the completion", 1, |event| matches!(event, Ev::Apply(..)))
+        .await;
+    assert!(is_complete(&rec.applies_to(1)[0], &json!("still recorded")));
+    engine.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn resume_task_wakes_the_claim_loop() {
+    let (engine, rec, _clock) = engine();
+    engine.register("echo", |_t: TaskHandle| async {
+        Ok::<_, HandlerError>(json!(1))
+    });
+    let mut paused = running_task(2, "echo", 1, t0());
+    paused.status = TaskStatus::Paused;
+    rec.tasks.lock().unwrap().insert(TaskId(2), paused);
+    engine.start().await.unwrap();
+    rec.wait_count("the first claim", 1, |event| matches!(event, Ev::Claim(_)))
+        .await;
+    settle().await;
+    assert_eq!(rec.claims().len(), 1, "idle until the poll interval");
+    engine.resume_task(TaskId(2), None).await.unwrap();
+    rec.wait_count("a claim right after the resume", 2, |event| {
+        matches!(event, Ev::Claim(_))
+    })
+    .await;
+    engine.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_last_engine_clone_ends_the_loops() {
+    let (engine, rec, clock) = engine();
+    engine.register("echo", |_t: TaskHandle| async {
+        Ok::<_, HandlerError>(json!(1))
+    });
+    engine.start().await.unwrap();
+    let clone = engine.clone();
+    rec.wait_count("the first claim", 1, |event| matches!(event, Ev::Claim(_)))
+        .await;
+    drop(engine);
+    clock.advance(Duration::from_secs(1));
+    rec.wait_count("a clone keeps the engine running", 2, |event| {
+        matches!(event, Ev::Claim(_))
+    })
+    .await;
+    drop(clone);
+    settle().await;
+    let claims = rec.claims().len();
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(5));
+        settle().await;
+    }
+    assert_eq!(
+        rec.claims().len(),
+        claims,
+        "no claim once every handle is gone"
+    );
+    assert_eq!(
+        clock.sleepers(),
+        0,
+        "no loop is waiting on the clock any more"
+    );
+}
