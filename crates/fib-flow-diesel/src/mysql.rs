@@ -136,7 +136,9 @@ impl MysqlStore {
     }
 
     /// InnoDB locks rows; there is no process-wide writer lock.
-    async fn write_guard(&self) {}
+    async fn write_guard(&self) -> Result<(), PortError> {
+        Ok(())
+    }
 
     async fn run_migrations(&self) -> Result<(), PortError> {
         let mut conn = open(&self.url)

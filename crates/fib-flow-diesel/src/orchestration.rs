@@ -820,7 +820,7 @@ pub(crate) use store_ops;
 /// Implements [`fib_flow_ports::TaskStore`] for a backend store type on top of `mod ops`.
 ///
 /// The store type provides `conn()` (a pooled connection), `write_guard()` (the SQLite
-/// single-writer lock; a no-op elsewhere), `run_migrations()`, `wait_notification()` and
+/// single-writer lock, bounded by the acquire timeout; a no-op elsewhere), `run_migrations()`, `wait_notification()` and
 /// `shutdown()`. `$tx` is the transaction method: `immediate_transaction` on SQLite (take the
 /// write lock up front instead of upgrading mid-transaction), `transaction` elsewhere.
 macro_rules! impl_task_store {
@@ -842,7 +842,7 @@ macro_rules! impl_task_store {
                 if tasks.is_empty() {
                     return Ok(Vec::new());
                 }
-                let _writer = self.write_guard().await;
+                let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async |c| ops::insert_tasks_tx(c, &tasks).await)
                     .await
@@ -856,7 +856,7 @@ macro_rules! impl_task_store {
                 if request.names.is_empty() || request.limit == 0 {
                     return Ok(Vec::new());
                 }
-                let _writer = self.write_guard().await;
+                let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async |c| ops::claim_tx(c, &request).await)
                     .await
@@ -869,7 +869,7 @@ macro_rules! impl_task_store {
                 command: fib_flow_domain::Command,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<fib_flow_domain::Task, fib_flow_ports::PortError> {
-                let _writer = self.write_guard().await;
+                let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async move |c| ops::apply_tx(c, task_id, command, now).await)
                     .await
@@ -880,7 +880,7 @@ macro_rules! impl_task_store {
                 &self,
                 request: fib_flow_ports::SpawnRequest,
             ) -> Result<Vec<fib_flow_domain::TaskId>, fib_flow_ports::PortError> {
-                let _writer = self.write_guard().await;
+                let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async move |c| ops::spawn_tx(c, request).await)
                     .await
@@ -896,7 +896,7 @@ macro_rules! impl_task_store {
                 if attempts.is_empty() {
                     return Ok(0);
                 }
-                let _writer = self.write_guard().await;
+                let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 ops::heartbeat_q(&mut conn, &worker_id, &attempts, now)
                     .await
@@ -907,7 +907,7 @@ macro_rules! impl_task_store {
                 &self,
                 record: fib_flow_domain::progress::HandlerRecord,
             ) -> Result<i64, fib_flow_ports::PortError> {
-                let _writer = self.write_guard().await;
+                let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async |c| ops::record_tx(c, &record).await)
                     .await
@@ -1003,7 +1003,7 @@ macro_rules! impl_task_store {
                 filter
                     .validate()
                     .map_err(fib_flow_ports::PortError::Rejected)?;
-                let _writer = self.write_guard().await;
+                let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async |c| ops::delete_tx(c, &filter).await)
                     .await
@@ -1042,7 +1042,7 @@ macro_rules! impl_task_store {
                 &self,
                 run: fib_flow_ports::RetentionRun,
             ) -> Result<fib_flow_ports::RetentionReport, fib_flow_ports::PortError> {
-                let _writer = self.write_guard().await;
+                let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async |c| ops::purge_tx(c, &run).await)
                     .await

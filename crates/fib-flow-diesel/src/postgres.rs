@@ -125,7 +125,9 @@ impl PgStore {
     }
 
     /// PostgreSQL locks rows; there is no process-wide writer lock.
-    async fn write_guard(&self) {}
+    async fn write_guard(&self) -> Result<(), PortError> {
+        Ok(())
+    }
 
     async fn run_migrations(&self) -> Result<(), PortError> {
         let mut conn = Conn::establish(&self.url)

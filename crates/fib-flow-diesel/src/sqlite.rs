@@ -107,6 +107,7 @@ crate::orchestration::store_ops!();
 pub(crate) struct SqliteStore {
     pool: Pool<Conn>,
     writer: tokio::sync::Mutex<()>,
+    acquire_timeout: std::time::Duration,
     /// Keeps a shared in-memory database alive (None for files and after close).
     keepalive: std::sync::Mutex<Option<Conn>>,
 }
@@ -116,12 +117,22 @@ impl SqliteStore {
         self.pool.get().await.map_err(|e| pool_error(BACKEND, e))
     }
 
-    async fn write_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.writer.lock().await
+    /// The single-writer lock. Waiting is bounded like a pool checkout, so a stuck writer
+    /// surfaces as a transient fault instead of hanging every other write.
+    async fn write_guard(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, PortError> {
+        tokio::time::timeout(self.acquire_timeout, self.writer.lock())
+            .await
+            .map_err(|_| PortError::Unavailable {
+                backend: BACKEND,
+                message: format!(
+                    "timed out after {:?} waiting for the SQLite write lock",
+                    self.acquire_timeout
+                ),
+            })
     }
 
     async fn run_migrations(&self) -> Result<(), PortError> {
-        let _writer = self.write_guard().await;
+        let _writer = self.write_guard().await?;
         let mut conn = self.conn().await?;
         // spawn_blocking rather than AsyncMigrationHarness: it works on a current-thread
         // runtime too.
@@ -213,6 +224,7 @@ pub(crate) async fn connect(
     let store = SqliteStore {
         pool,
         writer: tokio::sync::Mutex::new(()),
+        acquire_timeout: config.acquire_timeout,
         keepalive: std::sync::Mutex::new(keepalive),
     };
     // Fail fast on an unopenable file rather than at the first query.
