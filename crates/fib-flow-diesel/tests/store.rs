@@ -1757,3 +1757,104 @@ async fn migrate_on_current_thread_runtime_postgres() {
 async fn migrate_on_current_thread_runtime_mysql() {
     common::run_current_thread(Backend::Mysql, "ct_my").await;
 }
+
+// ---- concurrent settlement -----------------------------------------------------------------
+
+/// Twenty children completing at once, from several connections: the parent counts each
+/// exactly once and resumes exactly once.
+async fn concurrent_children_settle_exactly_once(ctx: Ctx) {
+    let parent = ctx
+        .store
+        .insert_tasks(vec![new_task("fan")])
+        .await
+        .expect("insert")[0];
+    ctx.store
+        .claim(claim_req("w", &["fan"], 1, 10))
+        .await
+        .expect("claim");
+    let names = vec!["leaf"; 20];
+    let kids = spawn(&ctx, parent, 1, &names, ChildFailurePolicy::Resume, 20).await;
+    let claimed = ctx
+        .store
+        .claim(claim_req("w", &["leaf"], 50, 30))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 20);
+    let second = if ctx.backend == Backend::SqliteMemory {
+        ctx.store.clone()
+    } else {
+        ctx.second_store().await
+    };
+    let mut handles = Vec::new();
+    for (i, kid) in kids.iter().copied().enumerate() {
+        let store = if i % 2 == 0 {
+            ctx.store.clone()
+        } else {
+            second.clone()
+        };
+        handles.push(tokio::spawn(async move {
+            // A transient fault (deadlock victim, busy) is retried, as the runtime would.
+            for _ in 0..20 {
+                match store
+                    .apply(
+                        kid,
+                        Command::Complete {
+                            attempt: 1,
+                            result: json!(i),
+                        },
+                        at(40),
+                    )
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(error) if error.is_transient() => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Err(error) => panic!("complete {kid}: {error}"),
+                }
+            }
+            panic!("complete {kid}: still failing after retries");
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("join");
+    }
+    let p = ctx
+        .store
+        .get_task(parent)
+        .await
+        .expect("get")
+        .expect("parent");
+    assert_eq!(p.completed_children, 20);
+    assert_eq!(p.status, TaskStatus::Pending);
+    assert_eq!(p.stage, 1);
+    let resumed = ctx
+        .store
+        .query_events(
+            EventQuery {
+                task_id: Some(parent),
+                event_type: Some(EventType::TaskStatusChanged),
+                ..EventQuery::default()
+            },
+            page(100),
+        )
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.to_status == Some(TaskStatus::Pending))
+        .count();
+    assert_eq!(resumed, 1, "the parent resumed exactly once");
+    assert_eq!(
+        ctx.store
+            .child_results(parent, 1)
+            .await
+            .expect("results")
+            .len(),
+        20
+    );
+    if ctx.backend != Backend::SqliteMemory {
+        second.close().await;
+    }
+}
+store_test!(concurrent_children_settle_exactly_once);
