@@ -5,9 +5,11 @@
 //! changes (decisions.md, behavior.md §19 item 27):
 //! - instants are `DateTime<Utc>` with millisecond precision, and every duration is `f64`
 //!   seconds computed from milliseconds, `max(0, ended_at − started_at)`;
-//! - the critical path is computed per stage: a task's attempts add up (sequential stages and
+//! - the critical path is computed per round: a task's attempts add up (sequential stages and
 //!   retries), and each round of children adds its longest child path (parallel siblings take
-//!   the longest), instead of the reference's "longest attempt plus one child";
+//!   the longest), instead of the reference's "longest attempt plus one child". A round is
+//!   identified by the child's `parent_round`, the parent's attempt number when it returned
+//!   `next(children)`, so the round's child is placed right after that attempt;
 //! - the result does not depend on the order of the input slices: everything is sorted here by
 //!   the store's keys (`created_at, id` for tasks, `attempt, id` per task, `event_time, id`).
 
@@ -167,10 +169,12 @@ pub const SLOWEST_ATTEMPTS: usize = 5;
 /// one, `max(0, attempt − 1)` for the root (the reference's fallback) and 0 for other tasks.
 ///
 /// Critical path: for a task T, `path(T)` = the durations of all of T's attempts + for each
-/// round r of T that created children (children with `parent_id = T`, `parent_round = r`), the
-/// longest `path(child)` of that round (ties: the lowest child id). The nodes are T's attempts
-/// in attempt order, each round's chosen child's nodes following T's last attempt at stage r.
-/// A task without attempts is one node with the attempt fields empty and contributes 0.
+/// round r of T that created children (children with `parent_id = T`, `parent_round = r`, r
+/// being T's attempt number when it returned `next(children)`), the longest `path(child)` of
+/// that round (ties: the lowest child id). The nodes are T's attempts in attempt order, each
+/// round's chosen child's nodes following T's attempt number r (without one, the last attempt
+/// numbered below r, else T's first node). A task without attempts is one node with the
+/// attempt fields empty and contributes 0.
 pub fn summarize(
     root: Option<&Task>,
     tasks: &[Task],
@@ -464,9 +468,10 @@ fn critical_path(
             .iter()
             .filter_map(|attempt| duration_millis(attempt))
             .sum();
-        // Longest child per round; ties go to the lowest id. A child without a recorded
-        // round (not written by this port) joins round 0, which degrades to the reference's
-        // single-child choice when no child has one.
+        // Longest child per round (the parent's attempt number that created it); ties go to
+        // the lowest id. A child without a recorded round (not written by this port) joins
+        // round 0, which degrades to the reference's single-child choice when no child has one
+        // (and is placed after the parent's first node).
         let mut best: BTreeMap<i32, (i64, TaskId)> = BTreeMap::new();
         for child in children.get(&id).map(Vec::as_slice).unwrap_or_default() {
             // Children already on the walk's stack above this task (a cycle) have no plan.
@@ -521,24 +526,28 @@ fn critical_path(
             continue;
         };
         let attempts = attempts_of(id);
-        let mut own_nodes: Vec<(i32, CriticalPathNode)> = attempts
+        // Each node with its attempt number (`None`: the task has no attempt).
+        let mut own_nodes: Vec<(Option<i32>, CriticalPathNode)> = attempts
             .iter()
             .map(|attempt| {
                 let stage = stage_of(id, attempt.attempt);
-                (stage, attempt_node(task, stage, Some(attempt)))
+                (
+                    Some(attempt.attempt),
+                    attempt_node(task, stage, Some(attempt)),
+                )
             })
             .collect();
         if own_nodes.is_empty() {
-            own_nodes.push((task.stage, attempt_node(task, task.stage, None)));
+            own_nodes.push((None, attempt_node(task, task.stage, None)));
         }
-        // Round r's child follows the last attempt whose stage is <= r (the attempt that
-        // created the round, in consistent data); when there is none, it follows the first
-        // node so the path still starts with the task itself.
+        // Round r's child follows the attempt numbered r (the attempt that returned
+        // `next(children)`); without it, the last attempt numbered below r; when there is
+        // none, the first node, so the path still starts with the task itself.
         let mut after: Vec<Vec<TaskId>> = vec![Vec::new(); own_nodes.len()];
         for (&round, &child) in &plan.chosen {
             let slot = own_nodes
                 .iter()
-                .rposition(|(stage, _)| *stage <= round)
+                .rposition(|(number, _)| number.is_some_and(|number| number <= round))
                 .unwrap_or(0);
             after[slot].push(child);
         }

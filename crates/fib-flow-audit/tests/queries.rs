@@ -386,7 +386,7 @@ async fn workflow_audit_assembles_the_root_its_tasks_and_its_events() {
             Ok(Page::new(
                 vec![
                     task(1, "root", TaskStatus::Suspended),
-                    common::child(2, "leaf", TaskStatus::Running, 1, 1, 0),
+                    common::child(2, "leaf", TaskStatus::Running, 1, 1, 1),
                 ],
                 2,
                 page,
@@ -438,7 +438,7 @@ fn serve<T: Clone>(rows: &[T], page: PageBounds) -> Page<T> {
 async fn the_summary_pages_through_the_whole_workflow_1000_rows_at_a_time() {
     // 2 500 leaf tasks under one root: three task pages; one attempt and two events per task.
     let mut tasks = vec![task(1, "root", TaskStatus::Suspended)];
-    tasks.extend((2..=2500).map(|id| common::child(id, "leaf", TaskStatus::Completed, 1, 1, 0)));
+    tasks.extend((2..=2500).map(|id| common::child(id, "leaf", TaskStatus::Completed, 1, 1, 1)));
     let attempts: Vec<TaskAttempt> = (1..=2500)
         .map(|id| done(id, id, 1, 100, 100 + id, AttemptOutcome::Completed))
         .collect();

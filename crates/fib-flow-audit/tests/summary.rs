@@ -1,5 +1,5 @@
-//! `summarize()` on hand-built workflows: the §8.6 shape key by key, and the per-stage critical
-//! path.
+//! `summarize()` on hand-built workflows: the §8.6 shape key by key, and the per-round critical
+//! path. A child's `parent_round` is the parent's attempt number that returned `next(children)`.
 
 mod common;
 
@@ -178,8 +178,8 @@ fn two_child_workflow() -> (Task, Vec<Task>, Vec<TaskAttempt>, Vec<TaskEvent>) {
     };
     let tasks = vec![
         root.clone(),
-        child(2, "slow", TaskStatus::Completed, 1, 1, 0),
-        child(3, "fast", TaskStatus::Completed, 1, 1, 0),
+        child(2, "slow", TaskStatus::Completed, 1, 1, 1),
+        child(3, "fast", TaskStatus::Completed, 1, 1, 1),
     ];
     let attempts = vec![
         done(1, 1, 1, 0, 1000, Suspended),
@@ -251,18 +251,19 @@ fn parallel_children_add_their_longest_branch_to_the_parents_attempts() {
 
 #[test]
 fn each_stage_of_children_adds_to_the_path() {
-    // Root stage 0 → children 2 (2 s) and 3 (0.5 s); stage 1 → children 4 (0.5 s) and 5 (a
-    // failed 1 s attempt and a 1.5 s retry); stage 2 completes.
+    // Root attempt 1 (stage 0) → children 2 (2 s) and 3 (0.5 s); attempt 2 (stage 1) →
+    // children 4 (0.5 s) and 5 (a failed 1 s attempt and a 1.5 s retry); attempt 3 (stage 2)
+    // completes.
     let root = Task {
         stage: 2,
         ..root(TaskStatus::Completed)
     };
     let tasks = vec![
         root.clone(),
-        child(2, "a", TaskStatus::Completed, 1, 1, 0),
-        child(3, "b", TaskStatus::Completed, 1, 1, 0),
-        child(4, "c", TaskStatus::Completed, 1, 1, 1),
-        child(5, "d", TaskStatus::Completed, 1, 1, 1),
+        child(2, "a", TaskStatus::Completed, 1, 1, 1),
+        child(3, "b", TaskStatus::Completed, 1, 1, 1),
+        child(4, "c", TaskStatus::Completed, 1, 1, 2),
+        child(5, "d", TaskStatus::Completed, 1, 1, 2),
     ];
     let attempts = vec![
         done(1, 1, 1, 0, 1000, Suspended),
@@ -320,11 +321,11 @@ fn nested_workflows_add_grandchildren_inside_their_parents_branch() {
         root.clone(),
         Task {
             stage: 1,
-            ..child(2, "fan", TaskStatus::Completed, 1, 1, 0)
+            ..child(2, "fan", TaskStatus::Completed, 1, 1, 1)
         },
-        child(3, "leaf", TaskStatus::Completed, 1, 2, 0),
-        child(4, "leaf", TaskStatus::Completed, 1, 2, 0),
-        child(5, "solo", TaskStatus::Completed, 1, 1, 0),
+        child(3, "leaf", TaskStatus::Completed, 1, 2, 1),
+        child(4, "leaf", TaskStatus::Completed, 1, 2, 1),
+        child(5, "solo", TaskStatus::Completed, 1, 1, 1),
     ];
     let attempts = vec![
         done(1, 1, 1, 0, 100, Suspended),
@@ -367,16 +368,16 @@ fn failed_tasks_list_current_failures_in_task_order() {
     let (root, mut tasks, mut attempts, events) = two_child_workflow();
     tasks[1] = Task {
         error: Some("boom".into()),
-        ..child(2, "slow", TaskStatus::PermanentlyFailed, 1, 1, 0)
+        ..child(2, "slow", TaskStatus::PermanentlyFailed, 1, 1, 1)
     };
     attempts[1] = done(2, 2, 1, 1100, 2100, Failed);
     attempts.push(done(5, 2, 2, 2100, 3100, Failed));
-    tasks.push(child(6, "held", TaskStatus::Paused, 1, 1, 0));
+    tasks.push(child(6, "held", TaskStatus::Paused, 1, 1, 1));
     tasks.push(Task {
         error: Some("deadline".into()),
-        ..child(7, "late", TaskStatus::Timeout, 1, 1, 0)
+        ..child(7, "late", TaskStatus::Timeout, 1, 1, 1)
     });
-    tasks.push(child(8, "waiting", TaskStatus::Pending, 1, 1, 0));
+    tasks.push(child(8, "waiting", TaskStatus::Pending, 1, 1, 1));
     let summary = summarize_both_ways(Some(&root), &tasks, &attempts, &events);
 
     let failed: Vec<(i64, &str, TaskStatus, Option<&str>)> = summary
@@ -526,7 +527,7 @@ fn open_attempts_count_zero_and_stages_fall_back_without_start_events() {
     };
     let tasks = vec![
         root.clone(),
-        child(2, "leaf", TaskStatus::Completed, 1, 1, 0),
+        child(2, "leaf", TaskStatus::Completed, 1, 1, 1),
     ];
     let attempts = vec![
         done(1, 1, 1, 0, 250, Suspended),
@@ -568,13 +569,108 @@ fn a_retry_keeps_the_stage_its_start_event_records() {
 }
 
 #[test]
+fn children_follow_the_attempt_that_created_their_round_not_its_stage() {
+    // Root attempt 1 (1 s, stage 0) → children 2 (2 s) and 3 (5 s); attempt 2 (1 s, stage 1) →
+    // children 4 (3 s) and 5 (three failing 1 s attempts, 3 s: the tie goes to 4); attempt 3
+    // (1 s, stage 2) completes. Round r is the attempt number, so round 1's child follows
+    // attempt 1 even though that attempt ran stage 0.
+    let root = Task {
+        stage: 2,
+        ..root(TaskStatus::Completed)
+    };
+    let tasks = vec![
+        root.clone(),
+        child(2, "short", TaskStatus::Completed, 1, 1, 1),
+        child(3, "long", TaskStatus::Completed, 1, 1, 1),
+        child(4, "steady", TaskStatus::Completed, 1, 1, 2),
+        Task {
+            attempt: 3,
+            retry_count: 2,
+            ..child(5, "flaky", TaskStatus::PermanentlyFailed, 1, 1, 2)
+        },
+    ];
+    let attempts = vec![
+        done(1, 1, 1, 0, 1000, Suspended),
+        done(2, 2, 1, 1000, 3000, Completed),
+        done(3, 3, 1, 1000, 6000, Completed),
+        done(4, 1, 2, 6000, 7000, Suspended),
+        done(5, 4, 1, 7000, 10000, Completed),
+        done(6, 5, 1, 7000, 8000, Failed),
+        done(7, 5, 2, 8000, 9000, Failed),
+        done(8, 5, 3, 9000, 10000, Failed),
+        done(9, 1, 3, 10000, 11000, Completed),
+    ];
+    let events = vec![
+        started(1, 1, 1, 1, 0, 0),
+        started(2, 2, 1, 1, 0, 1000),
+        started(3, 3, 1, 1, 0, 1000),
+        started(4, 1, 1, 2, 1, 6000),
+        started(5, 4, 1, 1, 0, 7000),
+        started(6, 5, 1, 1, 0, 7000),
+        started(7, 5, 1, 2, 0, 8000),
+        started(8, 5, 1, 3, 0, 9000),
+        started(9, 1, 1, 3, 2, 10000),
+    ];
+    let summary = summarize_both_ways(Some(&root), &tasks, &attempts, &events);
+
+    assert_eq!(summary.critical_path.total_duration_seconds, 11.0);
+    assert_eq!(path(&summary), [(1, 1), (3, 1), (1, 2), (4, 1), (1, 3)]);
+    let durations: Vec<Option<f64>> = summary
+        .critical_path
+        .nodes
+        .iter()
+        .map(|node| node.duration_seconds)
+        .collect();
+    assert_eq!(
+        durations,
+        [Some(1.0), Some(5.0), Some(1.0), Some(3.0), Some(1.0)]
+    );
+    let stages: Vec<i32> = summary
+        .critical_path
+        .nodes
+        .iter()
+        .map(|node| node.stage)
+        .collect();
+    assert_eq!(stages, [0, 0, 1, 0, 2]);
+}
+
+#[test]
+fn a_round_created_by_a_retry_follows_that_retry() {
+    // Attempt 1 of stage 0 fails, its retry (attempt 2, still stage 0) creates round 2, and
+    // attempt 3 (stage 1) completes: the child follows attempt 2, not attempt 3.
+    let root = Task {
+        stage: 1,
+        ..root(TaskStatus::Completed)
+    };
+    let tasks = vec![
+        root.clone(),
+        child(2, "leaf", TaskStatus::Completed, 1, 1, 2),
+    ];
+    let attempts = vec![
+        done(1, 1, 1, 0, 100, Failed),
+        done(2, 1, 2, 200, 300, Suspended),
+        done(3, 2, 1, 300, 600, Completed),
+        done(4, 1, 3, 600, 700, Completed),
+    ];
+    let events = vec![
+        started(1, 1, 1, 1, 0, 0),
+        started(2, 1, 1, 2, 0, 200),
+        started(3, 2, 1, 1, 0, 300),
+        started(4, 1, 1, 3, 1, 600),
+    ];
+    let summary = summarize_both_ways(Some(&root), &tasks, &attempts, &events);
+    assert_eq!(summary.critical_path.total_duration_seconds, 0.6);
+    assert_eq!(path(&summary), [(1, 1), (1, 2), (2, 1), (1, 3)]);
+}
+
+#[test]
 fn children_of_a_round_without_its_attempt_follow_the_last_earlier_attempt() {
-    // Round 1 has children but the root's start events say both attempts ran stage 0 (data
-    // the engine would not write): the children still add and follow the last attempt.
+    // Round 3 has a child but the root has no attempt 3 (data the engine would not write):
+    // the child still adds and follows attempt 2, the last one numbered below 3.
     let root = root(TaskStatus::Suspended);
     let tasks = vec![
         root.clone(),
-        child(2, "leaf", TaskStatus::Completed, 1, 1, 1),
+        child(2, "leaf", TaskStatus::Completed, 1, 1, 3),
     ];
     let attempts = vec![
         done(1, 1, 1, 0, 100, Failed),
@@ -588,8 +684,27 @@ fn children_of_a_round_without_its_attempt_follow_the_last_earlier_attempt() {
 }
 
 #[test]
+fn children_of_a_round_before_every_attempt_follow_the_first_node() {
+    // Round 1 names an attempt the root no longer has, and no attempt is numbered below it:
+    // the child follows the root's first node so the path still starts with the root.
+    let root = root(TaskStatus::Suspended);
+    let tasks = vec![
+        root.clone(),
+        child(2, "leaf", TaskStatus::Completed, 1, 1, 1),
+    ];
+    let attempts = vec![
+        done(1, 1, 2, 0, 100, Failed),
+        done(2, 1, 3, 100, 200, Suspended),
+        done(3, 2, 1, 200, 500, Completed),
+    ];
+    let summary = summarize_both_ways(Some(&root), &tasks, &attempts, &[]);
+    assert_eq!(summary.critical_path.total_duration_seconds, 0.5);
+    assert_eq!(path(&summary), [(1, 2), (2, 1), (1, 3)]);
+}
+
+#[test]
 fn a_missing_root_gives_an_empty_path_and_no_stage_timings() {
-    let tasks = vec![child(2, "orphan", TaskStatus::Completed, 1, 1, 0)];
+    let tasks = vec![child(2, "orphan", TaskStatus::Completed, 1, 1, 1)];
     let attempts = vec![done(1, 2, 1, 0, 100, Completed)];
     let summary = summarize_both_ways(None, &tasks, &attempts, &[]);
     assert!(summary.root_task.is_none());
@@ -608,9 +723,9 @@ fn a_parent_cycle_in_corrupt_data_terminates() {
     let root = root(TaskStatus::Suspended);
     let tasks = vec![
         root.clone(),
-        child(2, "a", TaskStatus::Completed, 1, 3, 0),
-        child(3, "b", TaskStatus::Completed, 1, 2, 0),
-        child(4, "c", TaskStatus::Completed, 1, 1, 0),
+        child(2, "a", TaskStatus::Completed, 1, 3, 1),
+        child(3, "b", TaskStatus::Completed, 1, 2, 1),
+        child(4, "c", TaskStatus::Completed, 1, 1, 1),
         // The root claiming itself as a child must not loop either.
         Task {
             parent_id: Some(TaskId(4)),

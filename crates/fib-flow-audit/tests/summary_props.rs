@@ -4,7 +4,7 @@
 //! retries and failing leaves) and lays it out on a timeline the way the engine runs it: a
 //! task's attempts run one after another, a round's children start after the attempt that
 //! created them ended, and the parent's next attempt starts only after every child of the
-//! round ended.
+//! round ended. Children carry the number of the attempt that created them as `parent_round`.
 
 mod common;
 
@@ -23,7 +23,7 @@ struct GenStage {
     retries: Vec<Slot>,
     /// The attempt that ends the stage.
     last: Slot,
-    /// Children the last attempt creates (its round).
+    /// Children the last attempt creates (its round, numbered by that attempt).
     children: Vec<GenTask>,
 }
 
@@ -121,7 +121,8 @@ impl Rows {
             // continues once the last of them ended.
             let round_start = now;
             for child in &stage.children {
-                let ended = self.lay_out(child, Some((id, stage_number)), round_start);
+                // `parent_round` is the creating attempt's number, not the stage.
+                let ended = self.lay_out(child, Some((id, attempt)), round_start);
                 now = now.max(ended);
             }
         }

@@ -791,6 +791,7 @@ impl<'a> Step<'a> {
                 }
                 TaskType::Cron => {
                     self.task.status = TaskStatus::Paused;
+                    self.task.error = Some(format!("Child task {child_id} failed"));
                     self.emit(
                         EventType::TaskPaused,
                         (from, TaskStatus::Paused),

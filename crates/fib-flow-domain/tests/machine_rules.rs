@@ -1353,8 +1353,12 @@ fn a_failed_child_pauses_a_cron_parent_that_asked_for_it() {
         child_failure_policy: ChildFailurePolicy::FailParent,
         ..awaiting(cron_task(), 1)
     };
+    assert_eq!(parent.error, None);
     let t = apply(&parent, settled(21, 1, true, 0), at(4)).expect("settle");
     assert_eq!(t.task.status, TaskStatus::Paused);
+    // The same error text as an async parent's, so the pause explains itself.
+    assert_eq!(t.task.error.as_deref(), Some("Child task 21 failed"));
+    assert_eq!(t.task.completed_children, 1);
     assert_eq!(t.task.suspend_reason, None);
     assert_eq!(event_types(&t), vec![EventType::TaskPaused]);
     assert_eq!(

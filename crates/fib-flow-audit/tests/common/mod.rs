@@ -63,7 +63,8 @@ pub fn task(id: i64, name: &str, status: TaskStatus) -> Task {
     }
 }
 
-/// A child of `parent` (in workflow `root`) created by round `round`.
+/// A child of `parent` (in workflow `root`) created by round `round`: the parent's attempt
+/// number that returned `next(children)`.
 pub fn child(id: i64, name: &str, status: TaskStatus, root: i64, parent: i64, round: i32) -> Task {
     Task {
         root_id: Some(TaskId(root)),
