@@ -67,12 +67,31 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Migrate { url } => run(
             "migrate",
-            cargo().args(["run", "--quiet", "-p", "fib-flow-cli", "--all-features", "--", "migrate", "--url", &url]),
+            cargo().args([
+                "run",
+                "--quiet",
+                "-p",
+                "fib-flow-cli",
+                "--all-features",
+                "--",
+                "migrate",
+                "--url",
+                &url,
+            ]),
         ),
         Task::Bench { args } => run(
             "bench",
             cargo()
-                .args(["run", "--release", "--quiet", "-p", "fib-flow-cli", "--all-features", "--", "bench"])
+                .args([
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "fib-flow-cli",
+                    "--all-features",
+                    "--",
+                    "bench",
+                ])
                 .args(&args),
         ),
     };
@@ -105,7 +124,9 @@ fn run(step: &str, command: &mut Command) -> Result<(), String> {
 fn host_port(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split(['/', '?']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     Some(host_port.to_owned())
 }
 
@@ -126,7 +147,15 @@ fn test() -> Result<(), String> {
     run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(
         "clippy",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
 
     let mut tests = cargo();
@@ -147,7 +176,10 @@ fn test() -> Result<(), String> {
                 ));
             }
             Err(reason) => {
-                skipped.push(format!("{} ({reason}; set {} to test it)", backend.name, backend.env));
+                skipped.push(format!(
+                    "{} ({reason}; set {} to test it)",
+                    backend.name, backend.env
+                ));
                 tests.env(backend.skip_env, &reason);
             }
         }

@@ -1,1 +1,67 @@
-//! placeholder
+//! # fib-flow
+//!
+//! A durable, database-backed task scheduler and workflow engine. Register handlers by name,
+//! submit one-off (`enqueue`) and recurring (`cron`) tasks, and let any number of worker
+//! processes — one laptop with embedded SQLite, or a fleet sharing PostgreSQL or MySQL — claim
+//! and run them with priorities, delays, retries, timeouts, heartbeats, parent/child workflows,
+//! human-in-the-loop suspension and a persisted audit trail.
+//!
+//! ```
+//! use fib_flow::{json, ManagerOptions, TaskManager, TaskOptions, TaskStatus};
+//!
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), fib_flow::Error> {
+//! let manager = TaskManager::new(ManagerOptions::new("sqlite::memory:")).await?;
+//! manager.setup().await?; // runs the embedded migrations (idempotent)
+//! manager.register("greet", |task: fib_flow::TaskHandle| async move {
+//!     let who = task.payload()["who"].as_str().unwrap_or("world").to_owned();
+//!     Ok::<fib_flow::Outcome, fib_flow::HandlerError>(json!({ "greeting": format!("hello {who}") }).into())
+//! });
+//! let id = manager.enqueue("greet", json!({ "who": "rust" }), TaskOptions::default()).await?;
+//! manager.start().await?;
+//! let task = manager.wait_for_status(id, &[TaskStatus::Completed], std::time::Duration::from_secs(10)).await?;
+//! assert_eq!(task.result, Some(json!({ "greeting": "hello rust" })));
+//! manager.stop().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Cargo features
+//! - `sqlite` (default): embedded SQLite (`sqlite::memory:`, `sqlite:PATH`, `sqlite://PATH`).
+//! - `postgres`: PostgreSQL (`postgres://`, `postgresql://`, `psql://`), with LISTEN/NOTIFY wake-ups.
+//! - `mysql`: MySQL 8 / MariaDB ≥ 10.6 (`mysql://`).
+//!
+//! This crate owns the user-facing `TaskManager` and re-exports; it holds no scheduling logic
+//! (fib-flow-runtime), no SQL (fib-flow-diesel) and no audit aggregation (fib-flow-audit).
+
+mod error;
+mod manager;
+
+pub use error::{Error, Result};
+pub use manager::TaskManager;
+
+pub use fib_flow_audit::{
+    Audit, AuditError, TaskAudit, TaskAuditOptions, WorkflowAudit, WorkflowAuditOptions,
+    WorkflowSummary,
+};
+pub use fib_flow_domain::progress::{Checkpoint, Progress};
+pub use fib_flow_domain::query::{
+    AttemptQuery, DeleteFilter, EventQuery, Order, Page, PageRequest, TagStat, TaskQuery,
+};
+pub use fib_flow_domain::{
+    AttemptOutcome, ChildFailurePolicy, ChildResult, ChildSpec, DomainError, EventType,
+    HandlerOptions, ManagerOptions, RetentionConfig, RetentionPolicy, RetryBackoff, Task,
+    TaskAttempt, TaskEvent, TaskId, TaskOptions, TaskStatus, TaskType,
+};
+pub use fib_flow_ports::{
+    Clock, HandlerError, HandlerResult, Outcome, PortError, RetentionReport, Spawn, Suspension,
+    TaskHandle, TaskHandler, TaskStore,
+};
+pub use fib_flow_runtime::clock::{ManualClock, SystemClock};
+pub use fib_flow_runtime::{ManagerState, RuntimeError, SweepReport, TaskInfo};
+pub use serde_json::{Value, json};
+
+/// Storage-level helpers (database creation for isolated test runs).
+pub mod storage {
+    pub use fib_flow_diesel::{StoreConfig, connect, create_database, drop_database};
+}
