@@ -178,6 +178,9 @@ fn uuid_suffix() -> String {
     )
 }
 
+/// The longest one conformance test may take (the contention tests need the most).
+const TEST_TIME_LIMIT: Duration = Duration::from_secs(300);
+
 pub type TestFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Runs one conformance test on one backend in its own database, dropping it afterwards.
@@ -195,7 +198,13 @@ where
     let db = Arc::new(db);
     let outcome = {
         let db = db.clone();
-        tokio::spawn(async move { test(&db).await }).await
+        // A hung test must fail with its name instead of stalling the whole run.
+        tokio::spawn(async move {
+            tokio::time::timeout(TEST_TIME_LIMIT, test(&db))
+                .await
+                .unwrap_or_else(|_| panic!("test did not finish within {TEST_TIME_LIMIT:?}"));
+        })
+        .await
     };
     if let Ok(db) = Arc::try_unwrap(db) {
         db.destroy().await;

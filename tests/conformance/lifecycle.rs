@@ -277,12 +277,12 @@ pub async fn handler_panic_fails_the_attempt_not_the_worker(db: &TestDb) {
 pub async fn deadline_cancels_a_hung_handler(db: &TestDb) {
     let clock = manual_clock();
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
-    let saw_cancellation = Arc::new(AtomicUsize::new(0));
-    let flag = saw_cancellation.clone();
+    let started = Arc::new(AtomicUsize::new(0));
+    let started_in = started.clone();
     manager.register("hangs", move |task: TaskHandle| {
-        let flag = flag.clone();
+        let started = started_in.clone();
         async move {
-            let _guard = DropFlag(flag);
+            started.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
             let _ = task;
             Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
@@ -304,10 +304,6 @@ pub async fn deadline_cancels_a_hung_handler(db: &TestDb) {
 
     clock.advance(Duration::from_secs(11));
     let task = wait_status(&manager, id, TaskStatus::PermanentlyFailed).await;
-    eventually("the handler future to be dropped", LONG, || async {
-        saw_cancellation.load(Ordering::SeqCst) == 1
-    })
-    .await;
     let attempts = manager.task_attempts(id).await.expect("attempts");
     assert_eq!(attempts[0].outcome, Some(AttemptOutcome::Timeout));
     assert!(attempts[0].timeout_flag);
@@ -839,11 +835,13 @@ pub async fn stop_drains_then_releases(db: &TestDb) {
     };
     let manager = db.manager_with(options, None).await;
     let dropped = Arc::new(AtomicUsize::new(0));
-    let flag = dropped.clone();
+    let started = Arc::new(AtomicUsize::new(0));
+    let (flag, started_in) = (dropped.clone(), started.clone());
     manager.register("stuck", move |_task: TaskHandle| {
-        let flag = flag.clone();
+        let (flag, started) = (flag.clone(), started_in.clone());
         async move {
             let _guard = DropFlag(flag);
+            started.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
             Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
         }
@@ -854,6 +852,10 @@ pub async fn stop_drains_then_releases(db: &TestDb) {
         .expect("enqueue");
     manager.start().await.expect("start");
     wait_status(&manager, stuck, TaskStatus::Running).await;
+    eventually("the handler to start", LONG, || async {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
     manager.stop().await.expect("stop");
     assert_eq!(
         dropped.load(Ordering::SeqCst),

@@ -795,9 +795,11 @@ impl Inner {
                         retry_in_ms = backoff.as_millis() as u64,
                         "claim failed; backing off"
                     );
-                    let until = time::add(claimed_at, backoff);
+                    // Fault back-off waits on the wall clock, not the injected one: recovering from
+                    // a database fault must not depend on scheduling time moving (a manual
+                    // clock in tests, or a clock that stands still).
                     tokio::select! {
-                        () = self.clock.sleep_until(until) => {}
+                        () = tokio::time::sleep(backoff) => {}
                         () = self.claim_shutdown.cancelled() => break,
                     }
                 }

@@ -368,8 +368,9 @@ impl Inner {
             match call().await {
                 Err(error) if error.is_transient() && tries < WRITE_ATTEMPTS => {
                     tracing::warn!(task_id = %id, attempt, %error, tries, "transient store error on {what}; retrying");
-                    let until = time::add(self.clock.now(), backoff);
-                    self.clock.sleep_until(until).await;
+                    // Wall-clock back-off on purpose: a database fault must be retried even while
+                    // the injected scheduling clock stands still (see the claim loop).
+                    tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2);
                     tries += 1;
                 }
