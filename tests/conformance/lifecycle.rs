@@ -557,12 +557,13 @@ async fn peak_concurrency(
     name: &str,
     total: usize,
     expected_peak: usize,
+    options: HandlerOptions,
 ) -> usize {
     let active = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let permits = Arc::new(Semaphore::new(0));
     let (active_in, peak_in, permits_in) = (active.clone(), peak.clone(), permits.clone());
-    manager.register(name, move |_task: TaskHandle| {
+    let handler = move |_task: TaskHandle| {
         let (active, peak, permits) = (active_in.clone(), peak_in.clone(), permits_in.clone());
         async move {
             let now_active = active.fetch_add(1, Ordering::SeqCst) + 1;
@@ -575,7 +576,10 @@ async fn peak_concurrency(
             active.fetch_sub(1, Ordering::SeqCst);
             Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
         }
-    });
+    };
+    manager
+        .register_with(name, handler, options)
+        .expect("register");
     let mut ids = Vec::new();
     for _ in 0..total {
         ids.push(
@@ -604,71 +608,12 @@ async fn peak_concurrency(
 
 pub async fn per_handler_concurrency_limit_holds(db: &TestDb) {
     let manager = db.manager().await;
-    manager
-        .register_with(
-            "other",
-            echo,
-            HandlerOptions {
-                max_concurrent_tasks: Some(1),
-                ..HandlerOptions::default()
-            },
-        )
-        .expect("register");
     let limited = HandlerOptions {
         max_concurrent_tasks: Some(2),
         ..HandlerOptions::default()
     };
-    let manager_for_test = manager.clone();
-    let active = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let permits = Arc::new(Semaphore::new(0));
-    let (active_in, peak_in, permits_in) = (active.clone(), peak.clone(), permits.clone());
-    manager_for_test
-        .register_with(
-            "limited",
-            move |_task: TaskHandle| {
-                let (active, peak, permits) =
-                    (active_in.clone(), peak_in.clone(), permits_in.clone());
-                async move {
-                    let now_active = active.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now_active, Ordering::SeqCst);
-                    permits
-                        .acquire()
-                        .await
-                        .map_err(|error| error.to_string())?
-                        .forget();
-                    active.fetch_sub(1, Ordering::SeqCst);
-                    Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
-                }
-            },
-            limited,
-        )
-        .expect("register");
-    let mut ids = Vec::new();
-    for _ in 0..6 {
-        ids.push(
-            manager
-                .enqueue("limited", json!({}), TaskOptions::default())
-                .await
-                .expect("enqueue"),
-        );
-    }
-    manager.start().await.expect("start");
-    for _ in 0..3 {
-        eventually("two limited tasks to run", LONG, || async {
-            active.load(Ordering::SeqCst) == 2
-        })
-        .await;
-        permits.add_permits(2);
-        eventually("the batch to finish", LONG, || async {
-            active.load(Ordering::SeqCst) != 2 || permits.available_permits() == 0
-        })
-        .await;
-    }
-    for id in ids {
-        wait_status(&manager, id, TaskStatus::Completed).await;
-    }
-    assert_eq!(peak.load(Ordering::SeqCst), 2);
+    let peak = peak_concurrency(&manager, "limited", 6, 2, limited).await;
+    assert_eq!(peak, 2, "the global limit is 10, the handler's is 2");
     manager.stop().await.expect("stop");
 }
 
@@ -678,7 +623,7 @@ pub async fn global_concurrency_limit_holds(db: &TestDb) {
         ..db.options()
     };
     let manager = db.manager_with(options, None).await;
-    let peak = peak_concurrency(&manager, "busy", 9, 3).await;
+    let peak = peak_concurrency(&manager, "busy", 9, 3, HandlerOptions::default()).await;
     assert_eq!(peak, 3);
     manager.stop().await.expect("stop");
 }
