@@ -370,10 +370,12 @@ pub async fn heartbeat_keeps_a_long_task_alive(db: &TestDb) {
     let clock = manual_clock();
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
     let release = Arc::new(Notify::new());
-    let gate = release.clone();
+    let started = Arc::new(Notify::new());
+    let (gate, started_in) = (release.clone(), started.clone());
     manager.register("long", move |_task: TaskHandle| {
-        let gate = gate.clone();
+        let (gate, started) = (gate.clone(), started_in.clone());
         async move {
+            started.notify_one();
             gate.notified().await;
             Ok::<fib_flow::Outcome, HandlerError>(json!("done").into())
         }
@@ -383,7 +385,8 @@ pub async fn heartbeat_keeps_a_long_task_alive(db: &TestDb) {
         .await
         .expect("enqueue");
     manager.start().await.expect("start");
-    wait_status(&manager, id, TaskStatus::Running).await;
+    // The row turns `running` at the claim; the attempt is heartbeated once it executes.
+    started.notified().await;
     for _ in 0..4 {
         clock.advance(Duration::from_secs(3));
         manager.run_maintenance().await.expect("maintenance");
@@ -685,10 +688,12 @@ pub async fn task_control_pause_resume_cancel(db: &TestDb) {
     );
 
     let cancelled_flag = Arc::new(AtomicUsize::new(0));
-    let flag = cancelled_flag.clone();
+    let handler_started = Arc::new(Notify::new());
+    let (flag, started_in) = (cancelled_flag.clone(), handler_started.clone());
     manager.register("waits", move |task: TaskHandle| {
-        let flag = flag.clone();
+        let (flag, started) = (flag.clone(), started_in.clone());
         async move {
+            started.notify_one();
             task.cancellation().cancelled().await;
             flag.fetch_add(1, Ordering::SeqCst);
             Ok::<fib_flow::Outcome, HandlerError>(json!("ignored").into())
@@ -699,7 +704,7 @@ pub async fn task_control_pause_resume_cancel(db: &TestDb) {
         .await
         .expect("enqueue");
     manager.start().await.expect("start");
-    wait_status(&manager, running, TaskStatus::Running).await;
+    handler_started.notified().await;
     let cancelled = manager
         .cancel_task(running, Some("operator said no".into()))
         .await
@@ -729,10 +734,12 @@ pub async fn task_control_pause_resume_cancel(db: &TestDb) {
 pub async fn hot_reload_keeps_the_running_attempt_on_its_handler(db: &TestDb) {
     let manager = db.manager().await;
     let release = Arc::new(Notify::new());
-    let gate = release.clone();
+    let started = Arc::new(Notify::new());
+    let (gate, started_in) = (release.clone(), started.clone());
     manager.register("versioned", move |_task: TaskHandle| {
-        let gate = gate.clone();
+        let (gate, started) = (gate.clone(), started_in.clone());
         async move {
+            started.notify_one();
             gate.notified().await;
             Ok::<fib_flow::Outcome, HandlerError>(json!("v1").into())
         }
@@ -742,7 +749,8 @@ pub async fn hot_reload_keeps_the_running_attempt_on_its_handler(db: &TestDb) {
         .await
         .expect("enqueue");
     manager.start().await.expect("start");
-    wait_status(&manager, first, TaskStatus::Running).await;
+    // The handler is captured when the attempt starts executing, not when the row is claimed.
+    started.notified().await;
     manager.register("versioned", |_task: TaskHandle| async move {
         Ok::<fib_flow::Outcome, HandlerError>(json!("v2").into())
     });
