@@ -10,7 +10,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fib_flow::{ManagerOptions, ManualClock, Task, TaskId, TaskManager, TaskStatus};
+use fib_flow::{
+    AttemptOutcome, EventQuery, ManagerOptions, ManualClock, Task, TaskId, TaskManager, TaskStatus,
+};
 
 /// A backend the suite runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,4 +274,26 @@ where
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The task's event types, oldest first.
+pub async fn event_types(manager: &TaskManager, id: TaskId) -> Vec<String> {
+    manager
+        .task_events(id, EventQuery::default())
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|event| event.event_type)
+        .collect()
+}
+
+/// The task's attempt outcomes, by attempt number.
+pub async fn attempt_outcomes(manager: &TaskManager, id: TaskId) -> Vec<Option<AttemptOutcome>> {
+    manager
+        .task_attempts(id)
+        .await
+        .expect("attempts")
+        .into_iter()
+        .map(|attempt| attempt.outcome)
+        .collect()
 }

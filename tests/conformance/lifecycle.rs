@@ -9,13 +9,13 @@ use chrono::{DateTime, TimeZone, Utc};
 use fib_flow::{
     AttemptOutcome, ChildFailurePolicy, DomainError, Error, EventQuery, HandlerError,
     HandlerOptions, ManagerOptions, ManualClock, PortError, Progress, RuntimeError, Task,
-    TaskHandle, TaskId, TaskManager, TaskOptions, TaskStatus, json,
+    TaskHandle, TaskManager, TaskOptions, TaskStatus, json,
 };
 use fib_flow_domain::Command;
 use fib_flow_ports::{ClaimName, ClaimRequest};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::harness::{TestDb, eventually, poll_until, wait_status};
+use crate::harness::{TestDb, attempt_outcomes, event_types, eventually, poll_until, wait_status};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -27,26 +27,6 @@ fn start_instant() -> DateTime<Utc> {
 
 fn manual_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(start_instant()))
-}
-
-async fn event_types(manager: &TaskManager, id: TaskId) -> Vec<String> {
-    manager
-        .task_events(id, EventQuery::default())
-        .await
-        .expect("events")
-        .into_iter()
-        .map(|event| event.event_type)
-        .collect()
-}
-
-async fn attempt_outcomes(manager: &TaskManager, id: TaskId) -> Vec<Option<AttemptOutcome>> {
-    manager
-        .task_attempts(id)
-        .await
-        .expect("attempts")
-        .into_iter()
-        .map(|attempt| attempt.outcome)
-        .collect()
 }
 
 async fn echo(task: TaskHandle) -> Result<fib_flow::Outcome, HandlerError> {

@@ -8,11 +8,10 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use fib_flow::{
     AttemptOutcome, ChildSpec, DeleteFilter, DomainError, Error, EventQuery, HandlerError,
-    ManualClock, Outcome, RuntimeError, TaskHandle, TaskId, TaskManager, TaskOptions, TaskStatus,
-    json,
+    ManualClock, Outcome, RuntimeError, TaskHandle, TaskId, TaskOptions, TaskStatus, json,
 };
 
-use crate::harness::{TestDb, eventually, poll_until, wait_status};
+use crate::harness::{TestDb, attempt_outcomes, event_types, eventually, poll_until, wait_status};
 
 type HandlerOutput = Result<Outcome, HandlerError>;
 
@@ -27,26 +26,6 @@ fn results_of(task: &TaskHandle) -> serde_json::Value {
         .iter()
         .map(|child| json!({"name": child.name, "status": child.status, "result": child.result, "error": child.error}))
         .collect::<Vec<_>>())
-}
-
-async fn attempt_outcomes(manager: &TaskManager, id: TaskId) -> Vec<Option<AttemptOutcome>> {
-    manager
-        .task_attempts(id)
-        .await
-        .expect("attempts")
-        .into_iter()
-        .map(|a| a.outcome)
-        .collect()
-}
-
-async fn event_types(manager: &TaskManager, id: TaskId) -> Vec<String> {
-    manager
-        .task_events(id, EventQuery::default())
-        .await
-        .expect("events")
-        .into_iter()
-        .map(|event| event.event_type)
-        .collect()
 }
 
 pub async fn two_child_workflow_completes(db: &TestDb) {
