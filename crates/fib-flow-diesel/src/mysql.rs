@@ -20,7 +20,7 @@ use fib_flow_ports::{PortError, TaskStore};
 
 use crate::StoreConfig;
 use crate::error::{connection_error, db_error, pool_error};
-use crate::rows::{NewAttemptRow, NewEventRow, TaskRow, TaskValues};
+use crate::rows::{AttemptCloseRow, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
 use crate::schema::fib_flow_task_attempts as a;
 use crate::schema::fib_flow_task_events as e;
 use crate::schema::fib_flow_tasks as t;
@@ -53,6 +53,25 @@ async fn last_insert_id(conn: &mut Conn) -> QueryResult<i64> {
             format!("LAST_INSERT_ID() {id} does not fit a BIGINT").into(),
         )
     })
+}
+
+/// The rows of a batch, in ascending id order and locked `FOR UPDATE` in that order.
+async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
+    t::table
+        .filter(t::id.eq_any(ids))
+        .order(t::id.asc())
+        .select(TaskRow::as_select())
+        .for_update()
+        .load(conn)
+        .await
+}
+
+async fn write_rows(conn: &mut Conn, writes: &[RowWrite]) -> QueryResult<usize> {
+    ops::write_rows_each(conn, writes).await
+}
+
+async fn close_attempts(conn: &mut Conn, closes: &[AttemptCloseRow]) -> QueryResult<()> {
+    ops::close_attempts_each(conn, closes).await
 }
 
 async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {

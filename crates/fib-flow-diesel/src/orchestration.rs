@@ -55,16 +55,17 @@ macro_rules! store_ops {
             use $crate::error::{domain_error, TxError};
             use $crate::orchestration::{coalesce, CHUNK};
             use $crate::rows::{
-                child_result, created_event, normalized, status_from_text, AttemptRow, ChildRow,
-                EventRow, NewAttemptRow, NewEventRow, RecordChanges, TaskRow, TaskValues,
+                child_result, created_event, normalized, status_from_text, AttemptCloseRow, AttemptRow,
+                ChildRow, EventRow, NewAttemptRow, NewEventRow, RecordChanges, RowWrite, TaskRow,
+                TaskValues,
             };
             use $crate::schema::fib_flow_task_attempts as a;
             use $crate::schema::fib_flow_task_events as e;
             use $crate::schema::fib_flow_tasks as t;
 
             use super::{
-                insert_attempt_rows, insert_event_row, insert_event_rows, insert_task_row, lock_task, notify_due, select_claimable,
-                Conn, Db, BACKEND,
+                close_attempts, insert_attempt_rows, insert_event_row, insert_event_rows, insert_task_row, lock_task, lock_tasks, notify_due, select_claimable,
+                write_rows, Conn, Db, BACKEND,
             };
 
             type Tx<T> = Result<T, TxError>;
@@ -127,6 +128,71 @@ macro_rules! store_ops {
                 Ok(())
             }
 
+            /// Writes a batch's rows through the backend's set-based statement; every row must
+            /// still match its guard (the batch holds their locks, so a miss is a bug or a
+            /// concurrent writer that ignored the lock order, and fails the whole batch).
+            async fn write_guarded(conn: &mut Conn, writes: &[RowWrite]) -> Tx<()> {
+                if writes.is_empty() {
+                    return Ok(());
+                }
+                let written = write_rows(conn, writes).await?;
+                if written != writes.len() {
+                    let missed = &writes[0];
+                    return Err(PortError::Stale {
+                        task_id: TaskId(missed.id),
+                        attempt: missed.guard_attempt,
+                    }
+                    .into());
+                }
+                Ok(())
+            }
+
+            /// Row writes one guarded UPDATE each: for backends without a set-based form.
+            #[allow(dead_code)]
+            pub(crate) async fn write_rows_each(
+                conn: &mut Conn,
+                writes: &[RowWrite],
+            ) -> diesel::QueryResult<usize> {
+                let mut written = 0;
+                for write in writes {
+                    written += diesel::update(
+                        t::table
+                            .filter(t::id.eq(write.id))
+                            .filter(t::status.eq(write.guard_status))
+                            .filter(t::attempt.eq(write.guard_attempt)),
+                    )
+                    .set(&write.values)
+                    .execute(conn)
+                    .await?;
+                }
+                Ok(written)
+            }
+
+            /// Attempt closes one UPDATE each: for backends without a set-based form.
+            #[allow(dead_code)]
+            pub(crate) async fn close_attempts_each(
+                conn: &mut Conn,
+                closes: &[AttemptCloseRow],
+            ) -> diesel::QueryResult<()> {
+                for close in closes {
+                    diesel::update(
+                        a::table
+                            .filter(a::task_id.eq(close.task_id))
+                            .filter(a::attempt.eq(close.attempt))
+                            .filter(a::ended_at.is_null()),
+                    )
+                    .set((
+                        a::ended_at.eq(close.ended_at),
+                        a::outcome.eq(&close.outcome),
+                        a::error.eq(&close.error),
+                        a::timeout_flag.eq(close.timeout_flag),
+                    ))
+                    .execute(conn)
+                    .await?;
+                }
+                Ok(())
+            }
+
             async fn close_attempt(conn: &mut Conn, change: &AttemptChange) -> Tx<()> {
                 if let AttemptChange::Close(close) = change {
                     diesel::update(
@@ -178,10 +244,15 @@ macro_rules! store_ops {
             /// Reports settled children to their parents (and grandparents, when a parent
             /// settles in turn), each in this transaction. A missing parent is logged and
             /// ends the chain: a deleted workflow must not make its orphans' writes fail.
+            ///
+            /// `later_siblings` counts children of the same parent round that this batch has
+            /// already written as settled but reports after this one: they still count as
+            /// outstanding for this report, exactly as if each child had its own transaction.
             async fn settle_parents(
                 conn: &mut Conn,
                 mut effect: Option<ParentEffect>,
                 now: DateTime<Utc>,
+                mut later_siblings: i64,
             ) -> Tx<()> {
                 while let Some(settled) = effect {
                     let Some(parent) = load_task(conn, settled.parent_id.0).await? else {
@@ -194,7 +265,10 @@ macro_rules! store_ops {
                         return Ok(());
                     };
                     let outstanding =
-                        count_outstanding(conn, settled.parent_id.0, settled.round).await?;
+                        count_outstanding(conn, settled.parent_id.0, settled.round).await?
+                            + later_siblings;
+                    // Grandparents are settled in this chain, one at a time.
+                    later_siblings = 0;
                     let command = Command::ChildSettled(ChildSettlement {
                         child_id: settled.child_id,
                         round: settled.round,
@@ -225,8 +299,81 @@ macro_rules! store_ops {
                     return Ok(before);
                 }
                 persist(conn, &tr, now).await?;
-                settle_parents(conn, tr.parent, now).await?;
+                settle_parents(conn, tr.parent, now, 0).await?;
                 Ok(normalized(&tr.task))
+            }
+
+            /// Many commands in one transaction (see `TaskStore::apply_batch`). Lock order is
+            /// fixed so that two batches can never deadlock on each other: the batch's own rows
+            /// in ascending id order (one statement), then the parents of settling children in
+            /// ascending id order. A parent is always older (smaller id) than its children, and
+            /// no transaction locks a child after its parent, so no cycle can form.
+            pub(crate) async fn apply_batch_tx(
+                conn: &mut Conn,
+                commands: &[(TaskId, Command)],
+                now: DateTime<Utc>,
+            ) -> Tx<Vec<Result<Task, PortError>>> {
+                let mut ids: Vec<i64> = commands.iter().map(|(id, _)| id.0).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let mut current: HashMap<i64, Task> = HashMap::with_capacity(ids.len());
+                for row in lock_tasks(conn, &ids).await? {
+                    let task = row.into_task()?;
+                    current.insert(task.id.0, task);
+                }
+                let mut verdicts = Vec::with_capacity(commands.len());
+                let mut transitions: Vec<Transition> = Vec::with_capacity(commands.len());
+                for (id, command) in commands {
+                    let Some(before) = current.get(&id.0) else {
+                        verdicts.push(Err(PortError::NotFound(*id)));
+                        continue;
+                    };
+                    match fib_flow_domain::apply(before, command.clone(), now) {
+                        Err(error) => verdicts.push(Err(domain_error(error))),
+                        Ok(tr) if tr.is_noop(before) => verdicts.push(Ok(before.clone())),
+                        Ok(tr) => {
+                            verdicts.push(Ok(normalized(&tr.task)));
+                            current.insert(id.0, tr.task.clone());
+                            transitions.push(tr);
+                        }
+                    }
+                }
+                if transitions.is_empty() {
+                    return Ok(verdicts);
+                }
+                write_guarded(conn, &RowWrite::collapse(&transitions)).await?;
+                let mut opened = Vec::new();
+                let mut closed = Vec::new();
+                let mut events = Vec::new();
+                for tr in &transitions {
+                    match &tr.attempt {
+                        Some(AttemptChange::Open(open)) => opened.push(NewAttemptRow::from(open)),
+                        Some(AttemptChange::Close(close)) => closed.push(AttemptCloseRow::from(close)),
+                        None => {}
+                    }
+                    events.extend(tr.events.iter().map(NewEventRow::from));
+                }
+                insert_attempts(conn, &opened).await?;
+                if !closed.is_empty() {
+                    close_attempts(conn, &closed).await?;
+                }
+                insert_events(conn, &events).await?;
+                if transitions.iter().any(|tr| is_due(&tr.task, now)) {
+                    notify_due(conn).await?;
+                }
+                let mut effects: Vec<ParentEffect> =
+                    transitions.into_iter().filter_map(|tr| tr.parent).collect();
+                effects.sort_by_key(|effect| (effect.parent_id.0, effect.round, effect.child_id.0));
+                for (index, effect) in effects.iter().enumerate() {
+                    let later_siblings = effects[index + 1..]
+                        .iter()
+                        .take_while(|later| {
+                            later.parent_id == effect.parent_id && later.round == effect.round
+                        })
+                        .count();
+                    settle_parents(conn, Some(*effect), now, later_siblings as i64).await?;
+                }
+                Ok(verdicts)
             }
 
             /// Inserts tasks one by one (ids in input order on every backend), then their
@@ -313,6 +460,7 @@ macro_rules! store_ops {
                 let mut claimed = Vec::with_capacity(rows.len());
                 let mut attempts = Vec::with_capacity(rows.len());
                 let mut events = Vec::with_capacity(rows.len() * 2);
+                let mut transitions = Vec::with_capacity(rows.len());
                 for row in rows {
                     let before = row.into_task()?;
                     let command = Command::Claim {
@@ -328,13 +476,14 @@ macro_rules! store_ops {
                             continue;
                         }
                     };
-                    write_row(conn, &tr).await?;
                     if let Some(AttemptChange::Open(open)) = &tr.attempt {
                         attempts.push(NewAttemptRow::from(open));
                     }
                     events.extend(tr.events.iter().map(NewEventRow::from));
                     claimed.push(normalized(&tr.task));
+                    transitions.push(tr);
                 }
+                write_guarded(conn, &RowWrite::collapse(&transitions)).await?;
                 insert_attempts(conn, &attempts).await?;
                 insert_events(conn, &events).await?;
                 Ok(claimed)
@@ -359,7 +508,14 @@ macro_rules! store_ops {
                                 .filter(t::status.eq(TaskStatus::Running.as_str()))
                                 .filter(t::worker_id.eq(worker_id))
                                 .filter(t::attempt.eq(attempt))
-                                .filter(t::id.eq_any(chunk)),
+                                .filter(t::id.eq_any(chunk))
+                                // Two heartbeats racing (the maintenance loop and a manual
+                                // tick) must not move the clock back: the older one skips.
+                                .filter(
+                                    t::last_active_time
+                                        .is_null()
+                                        .or(t::last_active_time.le(to_millis(now))),
+                                ),
                         )
                         .set(t::last_active_time.eq(to_millis(now)))
                         .execute(conn)
@@ -872,6 +1028,24 @@ macro_rules! impl_task_store {
                 let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async move |c| ops::apply_tx(c, task_id, command, now).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn apply_batch(
+                &self,
+                commands: Vec<(fib_flow_domain::TaskId, fib_flow_domain::Command)>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<
+                Vec<Result<fib_flow_domain::Task, fib_flow_ports::PortError>>,
+                fib_flow_ports::PortError,
+            > {
+                if commands.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let _writer = self.write_guard().await?;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::apply_batch_tx(c, &commands, now).await)
                     .await
                     .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
             }

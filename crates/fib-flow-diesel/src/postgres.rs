@@ -22,8 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::StoreConfig;
 use crate::error::{connection_error, db_error, pool_error};
-use crate::rows::{NewAttemptRow, NewEventRow, TaskRow, TaskValues};
-use crate::schema::fib_flow_task_attempts as a;
+use crate::rows::{AttemptCloseRow, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
 use crate::schema::fib_flow_task_events as e;
 use crate::schema::fib_flow_tasks as t;
 
@@ -50,6 +49,108 @@ async fn lock_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
         .optional()
 }
 
+/// The rows of a batch, locked `FOR UPDATE` in ascending id order (`id = ANY($1)`: one
+/// prepared shape whatever the batch size).
+async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
+    t::table
+        .filter(t::id.eq_any(ids))
+        .order(t::id.asc())
+        .select(TaskRow::as_select())
+        .for_update()
+        .load(conn)
+        .await
+}
+
+/// Every column a transition may change, in the order of [`WRITE_ROWS`]'s arrays.
+const WRITE_ROWS: &str = "UPDATE fib_flow_tasks AS t SET \
+    status = v.status, priority = v.priority, next_run_time = v.next_run_time, \
+    last_active_time = v.last_active_time, last_event_time = v.last_event_time, \
+    last_event_type = v.last_event_type, result = v.result, error = v.error, \
+    current_stage_name = v.current_stage_name, progress_text = v.progress_text, \
+    progress_percent = v.progress_percent, stage = v.stage, timeout_ms = v.timeout_ms, \
+    retry_count = v.retry_count, max_retries = v.max_retries, \
+    retry_interval_ms = v.retry_interval_ms, retry_backoff = v.retry_backoff, \
+    total_children = v.total_children, completed_children = v.completed_children, \
+    child_failure_policy = v.child_failure_policy, worker_id = v.worker_id, \
+    start_time = v.start_time, deadline = v.deadline, attempt = v.attempt, \
+    context = v.context, suspend_reason = v.suspend_reason, suspend_metadata = v.suspend_metadata \
+    FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::int[], $6::bigint[], \
+        $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], \
+        $13::text[], $14::float8[], $15::int[], $16::bigint[], $17::int[], $18::int[], \
+        $19::bigint[], $20::text[], $21::int[], $22::int[], $23::text[], $24::text[], \
+        $25::bigint[], $26::bigint[], $27::int[], $28::bytea[], $29::text[], $30::text[]) \
+    AS v(id, guard_status, guard_attempt, status, priority, next_run_time, last_active_time, \
+        last_event_time, last_event_type, result, error, current_stage_name, progress_text, \
+        progress_percent, stage, timeout_ms, retry_count, max_retries, retry_interval_ms, \
+        retry_backoff, total_children, completed_children, child_failure_policy, worker_id, \
+        start_time, deadline, attempt, context, suspend_reason, suspend_metadata) \
+    WHERE t.id = v.id AND t.status = v.guard_status AND t.attempt = v.guard_attempt";
+
+/// One UPDATE for the whole batch, joined on the primary key; a fixed statement text, so it
+/// is prepared once per connection.
+async fn write_rows(conn: &mut Conn, writes: &[RowWrite]) -> QueryResult<usize> {
+    use diesel::sql_types::{Array, BigInt, Binary, Double, Integer, Nullable, Text};
+    fn column<T>(writes: &[RowWrite], get: impl Fn(&RowWrite) -> T) -> Vec<T> {
+        writes.iter().map(get).collect()
+    }
+    diesel::sql_query(WRITE_ROWS)
+        .bind::<Array<BigInt>, _>(column(writes, |w| w.id))
+        .bind::<Array<Text>, _>(column(writes, |w| w.guard_status))
+        .bind::<Array<Integer>, _>(column(writes, |w| w.guard_attempt))
+        .bind::<Array<Text>, _>(column(writes, |w| w.values.status.clone()))
+        .bind::<Array<Integer>, _>(column(writes, |w| w.values.priority))
+        .bind::<Array<BigInt>, _>(column(writes, |w| w.values.next_run_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.last_active_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.last_event_time))
+        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.last_event_type.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.result.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.error.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.current_stage_name.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.progress_text.clone()))
+        .bind::<Array<Nullable<Double>>, _>(column(writes, |w| w.values.progress_percent))
+        .bind::<Array<Integer>, _>(column(writes, |w| w.values.stage))
+        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.timeout_ms))
+        .bind::<Array<Integer>, _>(column(writes, |w| w.values.retry_count))
+        .bind::<Array<Integer>, _>(column(writes, |w| w.values.max_retries))
+        .bind::<Array<BigInt>, _>(column(writes, |w| w.values.retry_interval_ms))
+        .bind::<Array<Text>, _>(column(writes, |w| w.values.retry_backoff.clone()))
+        .bind::<Array<Integer>, _>(column(writes, |w| w.values.total_children))
+        .bind::<Array<Integer>, _>(column(writes, |w| w.values.completed_children))
+        .bind::<Array<Text>, _>(column(writes, |w| w.values.child_failure_policy.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.worker_id.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.start_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.deadline))
+        .bind::<Array<Integer>, _>(column(writes, |w| w.values.attempt))
+        .bind::<Array<Nullable<Binary>>, _>(column(writes, |w| w.values.context.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.suspend_reason.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.suspend_metadata.clone()))
+        .execute(conn)
+        .await
+}
+
+const CLOSE_ATTEMPTS: &str = "UPDATE fib_flow_task_attempts AS a SET \
+    ended_at = v.ended_at, outcome = v.outcome, error = v.error, timeout_flag = v.timeout_flag \
+    FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::bool[]) \
+    AS v(task_id, attempt, ended_at, outcome, error, timeout_flag) \
+    WHERE a.task_id = v.task_id AND a.attempt = v.attempt AND a.ended_at IS NULL";
+
+/// One UPDATE for every attempt a batch closes, on the `(task_id, attempt)` unique index.
+async fn close_attempts(conn: &mut Conn, closes: &[AttemptCloseRow]) -> QueryResult<()> {
+    use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
+    diesel::sql_query(CLOSE_ATTEMPTS)
+        .bind::<Array<BigInt>, _>(closes.iter().map(|c| c.task_id).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(closes.iter().map(|c| c.attempt).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(closes.iter().map(|c| c.ended_at).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(closes.iter().map(|c| c.outcome.clone()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(
+            closes.iter().map(|c| c.error.clone()).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Bool>, _>(closes.iter().map(|c| c.timeout_flag).collect::<Vec<_>>())
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {
     diesel::insert_into(t::table)
         .values(values)
@@ -66,17 +167,55 @@ async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64
         .await
 }
 
+const INSERT_EVENTS: &str = "INSERT INTO fib_flow_task_events (task_id, root_id, parent_id, \
+    event_type, from_status, to_status, stage, worker_id, attempt, event_time, message, metadata) \
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+        $6::text[], $7::int[], $8::text[], $9::int[], $10::bigint[], $11::text[], $12::text[])";
+
+/// One fixed-shape statement whatever the row count (a VALUES list would be parsed anew for
+/// every count).
 async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResult<()> {
-    diesel::insert_into(e::table)
-        .values(&rows)
+    use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
+    fn column<T>(rows: &[NewEventRow], get: impl Fn(&NewEventRow) -> T) -> Vec<T> {
+        rows.iter().map(get).collect()
+    }
+    diesel::sql_query(INSERT_EVENTS)
+        .bind::<Array<BigInt>, _>(column(&rows, |r| r.task_id))
+        .bind::<Array<BigInt>, _>(column(&rows, |r| r.root_id))
+        .bind::<Array<Nullable<BigInt>>, _>(column(&rows, |r| r.parent_id))
+        .bind::<Array<Text>, _>(column(&rows, |r| r.event_type.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.from_status.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.to_status.clone()))
+        .bind::<Array<Nullable<Integer>>, _>(column(&rows, |r| r.stage))
+        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.worker_id.clone()))
+        .bind::<Array<Nullable<Integer>>, _>(column(&rows, |r| r.attempt))
+        .bind::<Array<BigInt>, _>(column(&rows, |r| r.event_time))
+        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.message.clone()))
+        .bind::<Array<Text>, _>(column(&rows, |r| r.metadata.clone()))
         .execute(conn)
         .await
         .map(|_| ())
 }
 
+const INSERT_ATTEMPTS: &str = "INSERT INTO fib_flow_task_attempts (task_id, attempt, \
+    worker_id, started_at, ended_at, outcome, error, timeout_flag) \
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], \
+        $6::text[], $7::text[], $8::bool[])";
+
 async fn insert_attempt_rows(conn: &mut Conn, rows: Vec<NewAttemptRow>) -> QueryResult<()> {
-    diesel::insert_into(a::table)
-        .values(&rows)
+    use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
+    fn column<T>(rows: &[NewAttemptRow], get: impl Fn(&NewAttemptRow) -> T) -> Vec<T> {
+        rows.iter().map(get).collect()
+    }
+    diesel::sql_query(INSERT_ATTEMPTS)
+        .bind::<Array<BigInt>, _>(column(&rows, |r| r.task_id))
+        .bind::<Array<Integer>, _>(column(&rows, |r| r.attempt))
+        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.worker_id.clone()))
+        .bind::<Array<BigInt>, _>(column(&rows, |r| r.started_at))
+        .bind::<Array<Nullable<BigInt>>, _>(column(&rows, |r| r.ended_at))
+        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.outcome.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.error.clone()))
+        .bind::<Array<Bool>, _>(column(&rows, |r| r.timeout_flag))
         .execute(conn)
         .await
         .map(|_| ())

@@ -501,3 +501,68 @@ pub struct RecordChanges {
     pub progress_text: Option<String>,
     pub progress_percent: Option<f64>,
 }
+
+/// One task row write of a batch: the row's final values, guarded by the status and attempt
+/// it was read with. Several transitions of one task in a batch collapse into one write (the
+/// first guard, the last values), so a set-based UPDATE never joins a row twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowWrite {
+    /// The task.
+    pub id: i64,
+    /// Status the stored row must still have.
+    pub guard_status: &'static str,
+    /// Attempt the stored row must still have.
+    pub guard_attempt: i32,
+    /// The new row.
+    pub values: TaskValues,
+}
+
+impl RowWrite {
+    /// The writes of a batch of transitions, in ascending id order.
+    pub fn collapse(transitions: &[fib_flow_domain::Transition]) -> Vec<RowWrite> {
+        let mut writes: std::collections::BTreeMap<i64, RowWrite> = Default::default();
+        for tr in transitions {
+            let values = TaskValues::from_task(&tr.task);
+            writes
+                .entry(tr.task.id.0)
+                .and_modify(|write| write.values = values.clone())
+                .or_insert_with(|| RowWrite {
+                    id: tr.task.id.0,
+                    guard_status: tr.guard.status.as_str(),
+                    guard_attempt: tr.guard.attempt,
+                    values,
+                });
+        }
+        writes.into_values().collect()
+    }
+}
+
+/// Closing an open attempt row, as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptCloseRow {
+    /// The task.
+    pub task_id: i64,
+    /// Which attempt.
+    pub attempt: i32,
+    /// End instant (ms).
+    pub ended_at: i64,
+    /// Outcome text.
+    pub outcome: String,
+    /// Error text.
+    pub error: Option<String>,
+    /// Whether it timed out.
+    pub timeout_flag: bool,
+}
+
+impl From<&fib_flow_domain::AttemptClose> for AttemptCloseRow {
+    fn from(close: &fib_flow_domain::AttemptClose) -> Self {
+        AttemptCloseRow {
+            task_id: close.task_id.0,
+            attempt: close.attempt,
+            ended_at: to_millis(close.ended_at),
+            outcome: close.outcome.as_str().to_owned(),
+            error: close.error.clone(),
+            timeout_flag: close.timeout_flag,
+        }
+    }
+}

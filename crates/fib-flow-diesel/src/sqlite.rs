@@ -25,7 +25,7 @@ use fib_flow_ports::{PortError, TaskStore};
 
 use crate::StoreConfig;
 use crate::error::{connection_error, pool_error};
-use crate::rows::{NewAttemptRow, NewEventRow, TaskRow, TaskValues};
+use crate::rows::{AttemptCloseRow, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
 use crate::schema::fib_flow_task_attempts as a;
 use crate::schema::fib_flow_task_events as e;
 use crate::schema::fib_flow_tasks as t;
@@ -45,6 +45,24 @@ async fn lock_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
         .first(conn)
         .await
         .optional()
+}
+
+/// The rows of a batch, in ascending id order (`BEGIN IMMEDIATE` already excludes other writers).
+async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
+    t::table
+        .filter(t::id.eq_any(ids))
+        .order(t::id.asc())
+        .select(TaskRow::as_select())
+        .load(conn)
+        .await
+}
+
+async fn write_rows(conn: &mut Conn, writes: &[RowWrite]) -> QueryResult<usize> {
+    ops::write_rows_each(conn, writes).await
+}
+
+async fn close_attempts(conn: &mut Conn, closes: &[AttemptCloseRow]) -> QueryResult<()> {
+    ops::close_attempts_each(conn, closes).await
 }
 
 async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {

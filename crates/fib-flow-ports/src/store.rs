@@ -126,6 +126,20 @@ pub trait TaskStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Task, PortError>;
 
+    /// Applies many commands in one transaction: the rows are locked in ascending id order,
+    /// each command is decided by [`fib_flow_domain::apply`] on its row, and every transition
+    /// is written with set-based statements. Commands for the same task apply in order.
+    ///
+    /// The outer `Err` is a fault of the whole batch (nothing was written; a transient one may
+    /// be retried). The inner results are per command: a stale fence or an illegal command
+    /// ([`PortError::Stale`], [`PortError::Rejected`], [`PortError::NotFound`]) fails only its
+    /// own command, never its neighbours.
+    async fn apply_batch(
+        &self,
+        commands: Vec<(TaskId, Command)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Task, PortError>>, PortError>;
+
     /// Inserts a parent's children and suspends the parent, in one transaction.
     async fn spawn_children(&self, request: SpawnRequest) -> Result<Vec<TaskId>, PortError>;
 

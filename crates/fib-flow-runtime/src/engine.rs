@@ -24,11 +24,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::RuntimeError;
 use crate::registry::{Entry, FnHandler, Registry};
+use crate::writer::OutcomeWriter;
 
 /// The reason suspended parents carry while their children run.
 pub(crate) const AWAITING_SUBTASKS: &str = "awaiting_subtasks";
 /// Upper bound of the claim loop's back-off after store errors.
 const MAX_LOOP_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest a claim round waits for more slots of a burst to free (see the claim loop).
+const CLAIM_FILL_WAIT: Duration = Duration::from_millis(2);
+/// Most outcomes in one write transaction (the engine never has more than
+/// `max_concurrent_tasks` executions to write for anyway).
+const MAX_OUTCOME_BATCH: usize = 500;
 
 /// The manager's lifecycle: `init` → `running` (start) → `stopped` (stop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,6 +152,9 @@ pub(crate) struct Inner {
     pub(crate) retention_due: Mutex<Option<DateTime<Utc>>>,
     /// Seeds the jitter generator.
     jitter_state: AtomicUsize,
+    /// Batches execution outcomes into shared transactions; started by the first outcome, so
+    /// that building an engine needs no runtime.
+    writer: OnceLock<OutcomeWriter>,
 }
 
 /// The fib-flow engine: handler registry, submission, the claim loop, executions,
@@ -223,6 +232,7 @@ impl Engine {
                 background: Mutex::new(Background::default()),
                 retention_due: Mutex::new(None),
                 jitter_state: AtomicUsize::new(0),
+                writer: OnceLock::new(),
             }),
         })
     }
@@ -714,6 +724,18 @@ impl Inner {
         bits as f64 / (1u64 << 53) as f64
     }
 
+    /// The outcome writer, started on first use.
+    pub(crate) fn writer(&self) -> &OutcomeWriter {
+        self.writer.get_or_init(|| {
+            OutcomeWriter::spawn(
+                self.store.clone(),
+                self.clock.clone(),
+                self.options.max_concurrent_tasks.min(MAX_OUTCOME_BATCH),
+                self.options.task_heartbeat_timeout,
+            )
+        })
+    }
+
     /// Whether the claim loop should exit.
     fn claim_stopped(&self) -> bool {
         self.claim_shutdown.is_cancelled()
@@ -747,6 +769,19 @@ impl Inner {
             }
             if self.claim_stopped() {
                 break;
+            }
+            // Claim fill: outcomes are written in batches, so slots come back in bursts. Give a
+            // burst that has begun a moment to complete, so the round claims for all of it
+            // instead of one task per freed slot. Bounded on the wall clock (a manual clock
+            // must not stall claiming) and skipped when nothing runs (no pickup delay).
+            let fill = max.min(self.options.claim_batch_size);
+            let running_now = *self.running.borrow();
+            if running_now > 0 && max.saturating_sub(running_now) < fill {
+                let _ = tokio::time::timeout(
+                    CLAIM_FILL_WAIT,
+                    running.wait_for(|running| max.saturating_sub(*running) >= fill),
+                )
+                .await;
             }
             let free = max.saturating_sub(*self.running.borrow());
             if free == 0 {

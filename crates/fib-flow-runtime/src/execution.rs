@@ -15,10 +15,10 @@ use crate::engine::{Cancel, CancelReason, Inner};
 
 /// Message of a failure written when the local deadline cancels a handler.
 pub(crate) const TIMEOUT_MESSAGE: &str = "Task execution timeout";
-/// Attempts at an outcome write that keeps failing with transient store errors.
-const WRITE_ATTEMPTS: u32 = 4;
-/// First back-off between outcome write attempts (doubles each time).
+/// First back-off between store call attempts (doubles each time, up to [`MAX_WRITE_BACKOFF`]).
 const WRITE_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest back-off between store call attempts.
+const MAX_WRITE_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How the race between the handler, its deadline and its token ended.
 enum Ended {
@@ -313,11 +313,9 @@ impl Inner {
         what: &str,
         command: Command,
     ) -> Written<Task> {
-        let written = self
-            .fenced(what, id, attempt, || {
-                self.store.apply(id, command.clone(), self.clock.now())
-            })
-            .await;
+        // The writer retries transient faults itself, for as long as the attempt may still
+        // be ours; what comes back is final.
+        let written = verdict(what, id, attempt, self.writer().write(id, command).await);
         self.wake.notify_one();
         written
     }
@@ -329,28 +327,16 @@ impl Inner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, PortError>>,
     {
-        match self.retrying(what, id, attempt, call).await {
-            Ok(value) => Written::Done(value),
-            Err(PortError::Stale { .. }) => {
-                tracing::warn!(task_id = %id, attempt, "skipping stale {what} update for task {id} attempt {attempt}");
-                Written::Stale
-            }
-            Err(PortError::Rejected(DomainError::StaleAttempt { .. })) => {
-                tracing::warn!(task_id = %id, attempt, "skipping stale {what} update for task {id} attempt {attempt}");
-                Written::Stale
-            }
-            Err(PortError::Rejected(error)) => {
-                tracing::warn!(task_id = %id, attempt, %error, "{what} update for task {id} attempt {attempt} rejected");
-                Written::Rejected(error)
-            }
-            Err(error) => {
-                tracing::error!(task_id = %id, attempt, %error, "could not write {what} update for task {id} attempt {attempt}");
-                Written::Failed
-            }
-        }
+        verdict(
+            what,
+            id,
+            attempt,
+            self.retrying(what, id, attempt, call).await,
+        )
     }
 
-    /// Calls the store, retrying transient faults a few times with doubling back-off.
+    /// Calls the store, retrying transient faults with capped doubling back-off for up to
+    /// `task_heartbeat_timeout`.
     async fn retrying<T, F, Fut>(
         &self,
         what: &str,
@@ -364,18 +350,48 @@ impl Inner {
     {
         let mut backoff = WRITE_BACKOFF;
         let mut tries = 1;
+        let started = tokio::time::Instant::now();
         loop {
             match call().await {
-                Err(error) if error.is_transient() && tries < WRITE_ATTEMPTS => {
+                // Not a fixed count: the attempt stays ours until the heartbeat sweep could
+                // expire it, and until then its write must not be given up.
+                Err(error)
+                    if error.is_transient()
+                        && started.elapsed() < self.options.task_heartbeat_timeout =>
+                {
                     tracing::warn!(task_id = %id, attempt, %error, tries, "transient store error on {what}; retrying");
                     // Wall-clock back-off on purpose: a database fault must be retried even while
                     // the injected scheduling clock stands still (see the claim loop).
                     tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2);
+                    backoff = backoff.saturating_mul(2).min(MAX_WRITE_BACKOFF);
                     tries += 1;
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+/// Turns a fenced write's result into what the execution does next: a stale attempt is logged
+/// and dropped, a rejection is returned for the caller to turn into a failure.
+fn verdict<T>(what: &str, id: TaskId, attempt: i32, result: Result<T, PortError>) -> Written<T> {
+    match result {
+        Ok(value) => Written::Done(value),
+        Err(PortError::Stale { .. }) => {
+            tracing::warn!(task_id = %id, attempt, "skipping stale {what} update for task {id} attempt {attempt}");
+            Written::Stale
+        }
+        Err(PortError::Rejected(DomainError::StaleAttempt { .. })) => {
+            tracing::warn!(task_id = %id, attempt, "skipping stale {what} update for task {id} attempt {attempt}");
+            Written::Stale
+        }
+        Err(PortError::Rejected(error)) => {
+            tracing::warn!(task_id = %id, attempt, %error, "{what} update for task {id} attempt {attempt} rejected");
+            Written::Rejected(error)
+        }
+        Err(error) => {
+            tracing::error!(task_id = %id, attempt, %error, "could not write {what} update for task {id} attempt {attempt}");
+            Written::Failed
         }
     }
 }

@@ -22,6 +22,7 @@ mod error;
 mod execution;
 mod maintenance;
 mod registry;
+mod writer;
 
 pub use engine::{Engine, ManagerState, TaskInfo};
 pub use error::RuntimeError;

@@ -302,6 +302,22 @@ impl TaskStore for TestStore {
     ) -> Result<Task, PortError> {
         self.mock.apply(task_id, command, now).await
     }
+    /// Each command goes through the scripted `apply`; a transient fault of any of them fails
+    /// the whole batch, as a real store's rolled-back transaction would.
+    async fn apply_batch(
+        &self,
+        commands: Vec<(TaskId, Command)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Task, PortError>>, PortError> {
+        let mut verdicts = Vec::with_capacity(commands.len());
+        for (task_id, command) in commands {
+            match self.mock.apply(task_id, command, now).await {
+                Err(error) if error.is_transient() => return Err(error),
+                verdict => verdicts.push(verdict),
+            }
+        }
+        Ok(verdicts)
+    }
     async fn spawn_children(&self, request: SpawnRequest) -> Result<Vec<TaskId>, PortError> {
         self.mock.spawn_children(request).await
     }
