@@ -20,7 +20,7 @@ use fib_flow_ports::{PortError, TaskStore};
 
 use crate::StoreConfig;
 use crate::error::{connection_error, db_error, pool_error};
-use crate::rows::{AttemptCloseRow, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
+use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, TaskRow, TaskValues};
 use crate::schema::fib_flow_task_attempts as a;
 use crate::schema::fib_flow_task_events as e;
 use crate::schema::fib_flow_tasks as t;
@@ -66,12 +66,8 @@ async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
         .await
 }
 
-async fn write_rows(conn: &mut Conn, writes: &[RowWrite]) -> QueryResult<usize> {
-    ops::write_rows_each(conn, writes).await
-}
-
-async fn close_attempts(conn: &mut Conn, closes: &[AttemptCloseRow]) -> QueryResult<()> {
-    ops::close_attempts_each(conn, closes).await
+async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> {
+    ops::write_batch_each(conn, batch).await
 }
 
 async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {
@@ -80,6 +76,16 @@ async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i6
         .execute(conn)
         .await?;
     last_insert_id(conn).await
+}
+
+/// Row by row: a multi-row INSERT's ids are only consecutive under some
+/// `innodb_autoinc_lock_mode` settings, and `LAST_INSERT_ID()` names only the first.
+async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<Vec<i64>> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push(insert_task_row(conn, row).await?);
+    }
+    Ok(ids)
 }
 
 async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {
@@ -116,7 +122,7 @@ async fn select_claimable(
     limit: i64,
 ) -> QueryResult<Vec<TaskRow>> {
     t::table
-        .filter(t::status.eq("pending"))
+        .filter(crate::orchestration::is_pending())
         .filter(t::next_run_time.le(now))
         .filter(t::name.eq_any(names))
         .order((t::priority.desc(), t::next_run_time.asc(), t::id.asc()))

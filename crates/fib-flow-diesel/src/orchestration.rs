@@ -5,16 +5,16 @@
 //! The backend module supplies the few statements whose SQL differs:
 //!
 //! - `type Conn`, `type Db`, `const BACKEND: &str`;
-//! - `async fn lock_task(&mut Conn, i64) -> QueryResult<Option<TaskRow>>` (row lock where the
-//!   backend has them);
-//! - `async fn insert_task_row(&mut Conn, &TaskValues) -> QueryResult<i64>` and
-//!   `async fn insert_event_row(&mut Conn, &NewEventRow) -> QueryResult<i64>` (RETURNING or
-//!   `LAST_INSERT_ID()`);
-//! - `async fn insert_event_rows(&mut Conn, Vec<NewEventRow>)` and `insert_attempt_rows`
-//!   (multi-row inserts; SQLite needs the sync connection for those);
-//! - `async fn select_claimable(&mut Conn, &[String], now_ms, limit) -> QueryResult<Vec<TaskRow>>`
-//!   (SKIP LOCKED where available);
-//! - `async fn notify_due(&mut Conn) -> QueryResult<()>` (PostgreSQL NOTIFY, else nothing).
+//! - `lock_task` / `lock_tasks`: one row, or a batch's rows in ascending id order, locked
+//!   where the backend has row locks;
+//! - `insert_task_rows` (a chunk of new tasks; ids in input order) and `insert_event_row`
+//!   (RETURNING or `LAST_INSERT_ID()`);
+//! - `insert_event_rows` and `insert_attempt_rows` (multi-row inserts);
+//! - `write_batch`: every write of a set of transitions (rows under their guards, opened and
+//!   closed attempts, events, the due notification): one statement on PostgreSQL,
+//!   [`write_batch_each`](self) statement by statement elsewhere;
+//! - `select_claimable` (SKIP LOCKED where available);
+//! - `notify_due` (PostgreSQL NOTIFY, else nothing).
 //!
 //! Everything here runs inside a transaction the caller opened, except the plain reads.
 
@@ -23,6 +23,19 @@ use diesel::sql_types::{BigInt, Nullable};
 diesel::define_sql_function! {
     /// `COALESCE(a, b)`: the retention clock `COALESCE(last_active_time, created_at)`.
     fn coalesce(a: Nullable<BigInt>, b: BigInt) -> BigInt;
+}
+
+/// `fib_flow_tasks.status = 'pending'` with the status as a literal, not a bind parameter: a
+/// partial index (`WHERE status = 'pending'`) is only usable when the planner sees the value
+/// at prepare time (SQLite never re-plans for bound values; a PostgreSQL generic plan would
+/// not match it either).
+pub(crate) fn is_pending() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>("fib_flow_tasks.status = 'pending'")
+}
+
+/// `fib_flow_tasks.status = 'running'` as a literal (see [`is_pending`]).
+pub(crate) fn is_running() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>("fib_flow_tasks.status = 'running'")
 }
 
 /// Rows per multi-row insert or `IN (...)` list: well under SQLite's and PostgreSQL's bind
@@ -56,7 +69,7 @@ macro_rules! store_ops {
             use $crate::orchestration::{coalesce, CHUNK};
             use $crate::rows::{
                 child_result, created_event, normalized, status_from_text, AttemptCloseRow, AttemptRow,
-                ChildRow, EventRow, NewAttemptRow, NewEventRow, RecordChanges, RowWrite, TaskRow,
+                BatchWrite, ChildRow, EventRow, NewAttemptRow, NewEventRow, RecordChanges, RowWrite, TaskRow,
                 TaskValues,
             };
             use $crate::schema::fib_flow_task_attempts as a;
@@ -64,8 +77,8 @@ macro_rules! store_ops {
             use $crate::schema::fib_flow_tasks as t;
 
             use super::{
-                close_attempts, insert_attempt_rows, insert_event_row, insert_event_rows, insert_task_row, lock_task, lock_tasks, notify_due, select_claimable,
-                write_rows, Conn, Db, BACKEND,
+                insert_attempt_rows, insert_event_row, insert_event_rows, insert_task_rows, lock_task, lock_tasks, notify_due, select_claimable,
+                write_batch, Conn, Db, BACKEND,
             };
 
             type Tx<T> = Result<T, TxError>;
@@ -131,13 +144,13 @@ macro_rules! store_ops {
             /// Writes a batch's rows through the backend's set-based statement; every row must
             /// still match its guard (the batch holds their locks, so a miss is a bug or a
             /// concurrent writer that ignored the lock order, and fails the whole batch).
-            async fn write_guarded(conn: &mut Conn, writes: &[RowWrite]) -> Tx<()> {
-                if writes.is_empty() {
+            async fn write_guarded(conn: &mut Conn, batch: &BatchWrite) -> Tx<()> {
+                if batch.rows.is_empty() {
                     return Ok(());
                 }
-                let written = write_rows(conn, writes).await?;
-                if written != writes.len() {
-                    let missed = &writes[0];
+                let written = write_batch(conn, batch).await?;
+                if written != batch.rows.len() {
+                    let missed = &batch.rows[0];
                     return Err(PortError::Stale {
                         task_id: TaskId(missed.id),
                         attempt: missed.guard_attempt,
@@ -145,6 +158,27 @@ macro_rules! store_ops {
                     .into());
                 }
                 Ok(())
+            }
+
+            /// A batch's writes statement by statement (multi-row inserts, one UPDATE per row
+            /// and per closed attempt): for backends without a one-statement form.
+            #[allow(dead_code)]
+            pub(crate) async fn write_batch_each(
+                conn: &mut Conn,
+                batch: &BatchWrite,
+            ) -> diesel::QueryResult<usize> {
+                let written = write_rows_each(conn, &batch.rows).await?;
+                for chunk in batch.opened.chunks(CHUNK) {
+                    insert_attempt_rows(conn, chunk.to_vec()).await?;
+                }
+                close_attempts_each(conn, &batch.closed).await?;
+                for chunk in batch.events.chunks(CHUNK) {
+                    insert_event_rows(conn, chunk.to_vec()).await?;
+                }
+                if batch.notify {
+                    notify_due(conn).await?;
+                }
+                Ok(written)
             }
 
             /// Row writes one guarded UPDATE each: for backends without a set-based form.
@@ -341,26 +375,7 @@ macro_rules! store_ops {
                 if transitions.is_empty() {
                     return Ok(verdicts);
                 }
-                write_guarded(conn, &RowWrite::collapse(&transitions)).await?;
-                let mut opened = Vec::new();
-                let mut closed = Vec::new();
-                let mut events = Vec::new();
-                for tr in &transitions {
-                    match &tr.attempt {
-                        Some(AttemptChange::Open(open)) => opened.push(NewAttemptRow::from(open)),
-                        Some(AttemptChange::Close(close)) => closed.push(AttemptCloseRow::from(close)),
-                        None => {}
-                    }
-                    events.extend(tr.events.iter().map(NewEventRow::from));
-                }
-                insert_attempts(conn, &opened).await?;
-                if !closed.is_empty() {
-                    close_attempts(conn, &closed).await?;
-                }
-                insert_events(conn, &events).await?;
-                if transitions.iter().any(|tr| is_due(&tr.task, now)) {
-                    notify_due(conn).await?;
-                }
+                write_guarded(conn, &BatchWrite::of(&transitions, now)).await?;
                 let mut effects: Vec<ParentEffect> =
                     transitions.into_iter().filter_map(|tr| tr.parent).collect();
                 effects.sort_by_key(|effect| (effect.parent_id.0, effect.round, effect.child_id.0));
@@ -376,15 +391,25 @@ macro_rules! store_ops {
                 Ok(verdicts)
             }
 
-            /// Inserts tasks one by one (ids in input order on every backend), then their
-            /// `task_created` events in one statement.
+            /// Inserts tasks a chunk per statement where the backend can (ids in input order
+            /// on every backend), then their `task_created` events.
             pub(crate) async fn insert_tasks_tx(conn: &mut Conn, tasks: &[NewTask]) -> Tx<Vec<TaskId>> {
                 let mut ids = Vec::with_capacity(tasks.len());
                 let mut events = Vec::with_capacity(tasks.len());
-                for task in tasks {
-                    let id = TaskId(insert_task_row(conn, &TaskValues::from_new(task)).await?);
-                    events.push(created_event(task, id));
-                    ids.push(id);
+                for chunk in tasks.chunks(CHUNK) {
+                    let values: Vec<TaskValues> = chunk.iter().map(TaskValues::from_new).collect();
+                    let inserted = insert_task_rows(conn, &values).await?;
+                    if inserted.len() != chunk.len() {
+                        return Err(PortError::Database {
+                            backend: BACKEND,
+                            message: format!("inserted {} task rows for {} tasks", inserted.len(), chunk.len()),
+                        }
+                        .into());
+                    }
+                    for (task, id) in chunk.iter().zip(inserted) {
+                        events.push(created_event(task, TaskId(id)));
+                        ids.push(TaskId(id));
+                    }
                 }
                 insert_events(conn, &events).await?;
                 if tasks.iter().any(|task| task.next_run_time <= task.created_at) {
@@ -483,9 +508,7 @@ macro_rules! store_ops {
                     claimed.push(normalized(&tr.task));
                     transitions.push(tr);
                 }
-                write_guarded(conn, &RowWrite::collapse(&transitions)).await?;
-                insert_attempts(conn, &attempts).await?;
-                insert_events(conn, &events).await?;
+                write_guarded(conn, &BatchWrite::of(&transitions, request.now)).await?;
                 Ok(claimed)
             }
 
@@ -565,7 +588,7 @@ macro_rules! store_ops {
                 let now = to_millis(now);
                 let cutoff = to_millis(heartbeat_cutoff);
                 let rows: Vec<(i64, i32, Option<i64>)> = t::table
-                    .filter(t::status.eq(TaskStatus::Running.as_str()))
+                    .filter($crate::orchestration::is_running())
                     .filter(t::deadline.lt(now).or(t::last_active_time.lt(cutoff)))
                     .order(t::id.asc())
                     .limit(i64::from(limit))

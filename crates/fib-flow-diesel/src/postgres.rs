@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::StoreConfig;
 use crate::error::{connection_error, db_error, pool_error};
-use crate::rows::{AttemptCloseRow, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
+use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, TaskRow, TaskValues};
 use crate::schema::fib_flow_task_events as e;
 use crate::schema::fib_flow_tasks as t;
 
@@ -61,8 +61,11 @@ async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
         .await
 }
 
-/// Every column a transition may change, in the order of [`WRITE_ROWS`]'s arrays.
-const WRITE_ROWS: &str = "UPDATE fib_flow_tasks AS t SET \
+/// A batch's writes as one statement: the task rows (joined on the primary key, guarded by
+/// the status and attempt they were read with), opened attempts, closed attempts, events and
+/// the due notification, each from `unnest`ed arrays. Fixed text, so prepared once per
+/// connection whatever the batch size; one round trip instead of one per statement.
+const WRITE_BATCH: &str = "WITH u AS (UPDATE fib_flow_tasks AS t SET \
     status = v.status, priority = v.priority, next_run_time = v.next_run_time, \
     last_active_time = v.last_active_time, last_event_time = v.last_event_time, \
     last_event_type = v.last_event_type, result = v.result, error = v.error, \
@@ -84,79 +87,180 @@ const WRITE_ROWS: &str = "UPDATE fib_flow_tasks AS t SET \
         progress_percent, stage, timeout_ms, retry_count, max_retries, retry_interval_ms, \
         retry_backoff, total_children, completed_children, child_failure_policy, worker_id, \
         start_time, deadline, attempt, context, suspend_reason, suspend_metadata) \
-    WHERE t.id = v.id AND t.status = v.guard_status AND t.attempt = v.guard_attempt";
+    WHERE t.id = v.id AND t.status = v.guard_status AND t.attempt = v.guard_attempt \
+    RETURNING 1), \
+  o AS (INSERT INTO fib_flow_task_attempts (task_id, attempt, worker_id, started_at, ended_at, \
+        outcome, error, timeout_flag) \
+    SELECT * FROM unnest($31::bigint[], $32::int[], $33::text[], $34::bigint[], $35::bigint[], \
+        $36::text[], $37::text[], $38::bool[])), \
+  c AS (UPDATE fib_flow_task_attempts AS a SET ended_at = w.ended_at, outcome = w.outcome, \
+        error = w.error, timeout_flag = w.timeout_flag \
+    FROM unnest($39::bigint[], $40::int[], $41::bigint[], $42::text[], $43::text[], $44::bool[]) \
+    AS w(task_id, attempt, ended_at, outcome, error, timeout_flag) \
+    WHERE a.task_id = w.task_id AND a.attempt = w.attempt AND a.ended_at IS NULL), \
+  e AS (INSERT INTO fib_flow_task_events (task_id, root_id, parent_id, event_type, from_status, \
+        to_status, stage, worker_id, attempt, event_time, message, metadata) \
+    SELECT * FROM unnest($45::bigint[], $46::bigint[], $47::bigint[], $48::text[], $49::text[], \
+        $50::text[], $51::int[], $52::text[], $53::int[], $54::bigint[], $55::text[], \
+        $56::text[])), \
+  n AS (SELECT pg_notify('fib_flow_tasks', '') WHERE $57::boolean) \
+SELECT (SELECT count(*) FROM u) AS written, (SELECT count(*) FROM n) AS notified";
 
-/// One UPDATE for the whole batch, joined on the primary key; a fixed statement text, so it
-/// is prepared once per connection.
-async fn write_rows(conn: &mut Conn, writes: &[RowWrite]) -> QueryResult<usize> {
-    use diesel::sql_types::{Array, BigInt, Binary, Double, Integer, Nullable, Text};
-    fn column<T>(writes: &[RowWrite], get: impl Fn(&RowWrite) -> T) -> Vec<T> {
-        writes.iter().map(get).collect()
-    }
-    diesel::sql_query(WRITE_ROWS)
-        .bind::<Array<BigInt>, _>(column(writes, |w| w.id))
-        .bind::<Array<Text>, _>(column(writes, |w| w.guard_status))
-        .bind::<Array<Integer>, _>(column(writes, |w| w.guard_attempt))
-        .bind::<Array<Text>, _>(column(writes, |w| w.values.status.clone()))
-        .bind::<Array<Integer>, _>(column(writes, |w| w.values.priority))
-        .bind::<Array<BigInt>, _>(column(writes, |w| w.values.next_run_time))
-        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.last_active_time))
-        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.last_event_time))
-        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.last_event_type.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.result.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.error.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.current_stage_name.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.progress_text.clone()))
-        .bind::<Array<Nullable<Double>>, _>(column(writes, |w| w.values.progress_percent))
-        .bind::<Array<Integer>, _>(column(writes, |w| w.values.stage))
-        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.timeout_ms))
-        .bind::<Array<Integer>, _>(column(writes, |w| w.values.retry_count))
-        .bind::<Array<Integer>, _>(column(writes, |w| w.values.max_retries))
-        .bind::<Array<BigInt>, _>(column(writes, |w| w.values.retry_interval_ms))
-        .bind::<Array<Text>, _>(column(writes, |w| w.values.retry_backoff.clone()))
-        .bind::<Array<Integer>, _>(column(writes, |w| w.values.total_children))
-        .bind::<Array<Integer>, _>(column(writes, |w| w.values.completed_children))
-        .bind::<Array<Text>, _>(column(writes, |w| w.values.child_failure_policy.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.worker_id.clone()))
-        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.start_time))
-        .bind::<Array<Nullable<BigInt>>, _>(column(writes, |w| w.values.deadline))
-        .bind::<Array<Integer>, _>(column(writes, |w| w.values.attempt))
-        .bind::<Array<Nullable<Binary>>, _>(column(writes, |w| w.values.context.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.suspend_reason.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(writes, |w| w.values.suspend_metadata.clone()))
-        .execute(conn)
-        .await
+#[derive(QueryableByName)]
+struct BatchWritten {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    written: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    notified: i64,
 }
 
-const CLOSE_ATTEMPTS: &str = "UPDATE fib_flow_task_attempts AS a SET \
-    ended_at = v.ended_at, outcome = v.outcome, error = v.error, timeout_flag = v.timeout_flag \
-    FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::bool[]) \
-    AS v(task_id, attempt, ended_at, outcome, error, timeout_flag) \
-    WHERE a.task_id = v.task_id AND a.attempt = v.attempt AND a.ended_at IS NULL";
-
-/// One UPDATE for every attempt a batch closes, on the `(task_id, attempt)` unique index.
-async fn close_attempts(conn: &mut Conn, closes: &[AttemptCloseRow]) -> QueryResult<()> {
-    use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
-    diesel::sql_query(CLOSE_ATTEMPTS)
-        .bind::<Array<BigInt>, _>(closes.iter().map(|c| c.task_id).collect::<Vec<_>>())
-        .bind::<Array<Integer>, _>(closes.iter().map(|c| c.attempt).collect::<Vec<_>>())
-        .bind::<Array<BigInt>, _>(closes.iter().map(|c| c.ended_at).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(closes.iter().map(|c| c.outcome.clone()).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(
-            closes.iter().map(|c| c.error.clone()).collect::<Vec<_>>(),
-        )
-        .bind::<Array<Bool>, _>(closes.iter().map(|c| c.timeout_flag).collect::<Vec<_>>())
-        .execute(conn)
-        .await
-        .map(|_| ())
+fn column<R, T>(rows: &[R], get: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(get).collect()
 }
 
-async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {
-    diesel::insert_into(t::table)
-        .values(values)
-        .returning(t::id)
+async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> {
+    use diesel::sql_types::{Array, BigInt, Binary, Bool, Double, Integer, Nullable, Text};
+    let rows = &batch.rows;
+    let opened = &batch.opened;
+    let closed = &batch.closed;
+    let events = &batch.events;
+    let written: BatchWritten = diesel::sql_query(WRITE_BATCH)
+        .bind::<Array<BigInt>, _>(column(rows, |w| w.id))
+        .bind::<Array<Text>, _>(column(rows, |w| w.guard_status))
+        .bind::<Array<Integer>, _>(column(rows, |w| w.guard_attempt))
+        .bind::<Array<Text>, _>(column(rows, |w| w.values.status.clone()))
+        .bind::<Array<Integer>, _>(column(rows, |w| w.values.priority))
+        .bind::<Array<BigInt>, _>(column(rows, |w| w.values.next_run_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |w| w.values.last_active_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |w| w.values.last_event_time))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.last_event_type.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.result.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.error.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.current_stage_name.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.progress_text.clone()))
+        .bind::<Array<Nullable<Double>>, _>(column(rows, |w| w.values.progress_percent))
+        .bind::<Array<Integer>, _>(column(rows, |w| w.values.stage))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |w| w.values.timeout_ms))
+        .bind::<Array<Integer>, _>(column(rows, |w| w.values.retry_count))
+        .bind::<Array<Integer>, _>(column(rows, |w| w.values.max_retries))
+        .bind::<Array<BigInt>, _>(column(rows, |w| w.values.retry_interval_ms))
+        .bind::<Array<Text>, _>(column(rows, |w| w.values.retry_backoff.clone()))
+        .bind::<Array<Integer>, _>(column(rows, |w| w.values.total_children))
+        .bind::<Array<Integer>, _>(column(rows, |w| w.values.completed_children))
+        .bind::<Array<Text>, _>(column(rows, |w| w.values.child_failure_policy.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.worker_id.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |w| w.values.start_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |w| w.values.deadline))
+        .bind::<Array<Integer>, _>(column(rows, |w| w.values.attempt))
+        .bind::<Array<Nullable<Binary>>, _>(column(rows, |w| w.values.context.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.suspend_reason.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.suspend_metadata.clone()))
+        .bind::<Array<BigInt>, _>(column(opened, |r| r.task_id))
+        .bind::<Array<Integer>, _>(column(opened, |r| r.attempt))
+        .bind::<Array<Nullable<Text>>, _>(column(opened, |r| r.worker_id.clone()))
+        .bind::<Array<BigInt>, _>(column(opened, |r| r.started_at))
+        .bind::<Array<Nullable<BigInt>>, _>(column(opened, |r| r.ended_at))
+        .bind::<Array<Nullable<Text>>, _>(column(opened, |r| r.outcome.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(opened, |r| r.error.clone()))
+        .bind::<Array<Bool>, _>(column(opened, |r| r.timeout_flag))
+        .bind::<Array<BigInt>, _>(column(closed, |c| c.task_id))
+        .bind::<Array<Integer>, _>(column(closed, |c| c.attempt))
+        .bind::<Array<BigInt>, _>(column(closed, |c| c.ended_at))
+        .bind::<Array<Text>, _>(column(closed, |c| c.outcome.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(closed, |c| c.error.clone()))
+        .bind::<Array<Bool>, _>(column(closed, |c| c.timeout_flag))
+        .bind::<Array<BigInt>, _>(column(events, |r| r.task_id))
+        .bind::<Array<BigInt>, _>(column(events, |r| r.root_id))
+        .bind::<Array<Nullable<BigInt>>, _>(column(events, |r| r.parent_id))
+        .bind::<Array<Text>, _>(column(events, |r| r.event_type.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(events, |r| r.from_status.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(events, |r| r.to_status.clone()))
+        .bind::<Array<Nullable<Integer>>, _>(column(events, |r| r.stage))
+        .bind::<Array<Nullable<Text>>, _>(column(events, |r| r.worker_id.clone()))
+        .bind::<Array<Nullable<Integer>>, _>(column(events, |r| r.attempt))
+        .bind::<Array<BigInt>, _>(column(events, |r| r.event_time))
+        .bind::<Array<Nullable<Text>>, _>(column(events, |r| r.message.clone()))
+        .bind::<Array<Text>, _>(column(events, |r| r.metadata.clone()))
+        .bind::<Bool, _>(batch.notify)
         .get_result(conn)
-        .await
+        .await?;
+    tracing::trace!(
+        backend = BACKEND,
+        rows = written.written,
+        notified = written.notified,
+        "batch written"
+    );
+    Ok(usize::try_from(written.written).unwrap_or(usize::MAX))
+}
+
+const INSERT_TASKS: &str = "INSERT INTO fib_flow_tasks (name, type, status, priority, payload, \
+    created_at, tag, next_run_time, last_active_time, last_event_time, last_event_type, result, \
+    error, current_stage_name, progress_text, progress_percent, stage, timeout_ms, retry_count, \
+    max_retries, retry_interval_ms, retry_backoff, cron_expr, timezone, root_id, parent_id, \
+    parent_round, total_children, completed_children, child_failure_policy, worker_id, \
+    start_time, deadline, attempt, context, suspend_reason, suspend_metadata) \
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], \
+        $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], \
+        $12::text[], $13::text[], $14::text[], $15::text[], $16::float8[], $17::int[], \
+        $18::bigint[], $19::int[], $20::int[], $21::bigint[], $22::text[], $23::text[], \
+        $24::text[], $25::bigint[], $26::bigint[], $27::int[], $28::int[], $29::int[], \
+        $30::text[], $31::text[], $32::bigint[], $33::bigint[], $34::int[], $35::bytea[], \
+        $36::text[], $37::text[]) \
+    RETURNING id";
+
+#[derive(QueryableByName)]
+struct InsertedId {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+/// One statement for a whole chunk of new tasks. The ids come from the sequence in the order
+/// the rows are read from the arrays, so sorting them ascending gives the input order.
+async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<Vec<i64>> {
+    use diesel::sql_types::{Array, BigInt, Binary, Double, Integer, Nullable, Text};
+    let inserted: Vec<InsertedId> = diesel::sql_query(INSERT_TASKS)
+        .bind::<Array<Text>, _>(column(rows, |r| r.name.clone()))
+        .bind::<Array<Text>, _>(column(rows, |r| r.task_type.clone()))
+        .bind::<Array<Text>, _>(column(rows, |r| r.status.clone()))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.priority))
+        .bind::<Array<Text>, _>(column(rows, |r| r.payload.clone()))
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.created_at))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.tag.clone()))
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.next_run_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.last_active_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.last_event_time))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.last_event_type.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.result.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.error.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.current_stage_name.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.progress_text.clone()))
+        .bind::<Array<Nullable<Double>>, _>(column(rows, |r| r.progress_percent))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.stage))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.timeout_ms))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.retry_count))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.max_retries))
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.retry_interval_ms))
+        .bind::<Array<Text>, _>(column(rows, |r| r.retry_backoff.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.cron_expr.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.timezone.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.root_id))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.parent_id))
+        .bind::<Array<Nullable<Integer>>, _>(column(rows, |r| r.parent_round))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.total_children))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.completed_children))
+        .bind::<Array<Text>, _>(column(rows, |r| r.child_failure_policy.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.worker_id.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.start_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.deadline))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.attempt))
+        .bind::<Array<Nullable<Binary>>, _>(column(rows, |r| r.context.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.suspend_reason.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.suspend_metadata.clone()))
+        .load(conn)
+        .await?;
+    let mut ids: Vec<i64> = inserted.into_iter().map(|row| row.id).collect();
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {
@@ -228,7 +332,7 @@ async fn select_claimable(
     limit: i64,
 ) -> QueryResult<Vec<TaskRow>> {
     t::table
-        .filter(t::status.eq("pending"))
+        .filter(crate::orchestration::is_pending())
         .filter(t::next_run_time.le(now))
         .filter(t::name.eq_any(names))
         .order((t::priority.desc(), t::next_run_time.asc(), t::id.asc()))

@@ -566,3 +566,47 @@ impl From<&fib_flow_domain::AttemptClose> for AttemptCloseRow {
         }
     }
 }
+
+/// Everything a set of transitions writes, gathered for set-based statements: row writes,
+/// opened and closed attempts, events, and whether a waiting worker should be told that work
+/// became due.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchWrite {
+    /// Task rows, one per task, ascending id.
+    pub rows: Vec<RowWrite>,
+    /// Attempts opened by claims.
+    pub opened: Vec<NewAttemptRow>,
+    /// Attempts closed.
+    pub closed: Vec<AttemptCloseRow>,
+    /// Events, in transition order.
+    pub events: Vec<NewEventRow>,
+    /// Whether some task is left pending and due.
+    pub notify: bool,
+}
+
+impl BatchWrite {
+    /// The writes of `transitions`, decided at `now`.
+    pub fn of(
+        transitions: &[fib_flow_domain::Transition],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        let mut batch = BatchWrite {
+            rows: RowWrite::collapse(transitions),
+            ..BatchWrite::default()
+        };
+        for tr in transitions {
+            match &tr.attempt {
+                Some(fib_flow_domain::AttemptChange::Open(open)) => {
+                    batch.opened.push(NewAttemptRow::from(open));
+                }
+                Some(fib_flow_domain::AttemptChange::Close(close)) => {
+                    batch.closed.push(AttemptCloseRow::from(close));
+                }
+                None => {}
+            }
+            batch.events.extend(tr.events.iter().map(NewEventRow::from));
+            batch.notify |= tr.task.status == TaskStatus::Pending && tr.task.next_run_time <= now;
+        }
+        batch
+    }
+}

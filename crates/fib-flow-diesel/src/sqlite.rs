@@ -25,7 +25,7 @@ use fib_flow_ports::{PortError, TaskStore};
 
 use crate::StoreConfig;
 use crate::error::{connection_error, pool_error};
-use crate::rows::{AttemptCloseRow, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
+use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, TaskRow, TaskValues};
 use crate::schema::fib_flow_task_attempts as a;
 use crate::schema::fib_flow_task_events as e;
 use crate::schema::fib_flow_tasks as t;
@@ -57,20 +57,24 @@ async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
         .await
 }
 
-async fn write_rows(conn: &mut Conn, writes: &[RowWrite]) -> QueryResult<usize> {
-    ops::write_rows_each(conn, writes).await
+async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> {
+    ops::write_batch_each(conn, batch).await
 }
 
-async fn close_attempts(conn: &mut Conn, closes: &[AttemptCloseRow]) -> QueryResult<()> {
-    ops::close_attempts_each(conn, closes).await
-}
-
-async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {
-    diesel::insert_into(t::table)
-        .values(values)
-        .returning(t::id)
-        .get_result(conn)
-        .await
+/// Every row in one hop to the blocking pool (SQLite statements are cheap; the hop is not).
+async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<Vec<i64>> {
+    let rows = rows.to_vec();
+    conn.spawn_blocking(move |c| {
+        rows.iter()
+            .map(|row| {
+                diesel::RunQueryDsl::get_result(
+                    diesel::insert_into(t::table).values(row).returning(t::id),
+                    c,
+                )
+            })
+            .collect()
+    })
+    .await
 }
 
 async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {
@@ -104,7 +108,7 @@ async fn select_claimable(
     limit: i64,
 ) -> QueryResult<Vec<TaskRow>> {
     t::table
-        .filter(t::status.eq("pending"))
+        .filter(crate::orchestration::is_pending())
         .filter(t::next_run_time.le(now))
         .filter(t::name.eq_any(names))
         .order((t::priority.desc(), t::next_run_time.asc(), t::id.asc()))

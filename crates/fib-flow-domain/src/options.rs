@@ -71,6 +71,10 @@ pub struct ManagerOptions {
     /// How long to wait for a pooled connection.
     #[serde(with = "serde_units::millis")]
     pub acquire_timeout: Duration,
+    /// Longest time a finished execution's outcome waits for the executions still running to
+    /// finish too, so that they share one write transaction (0 writes at once). Ours.
+    #[serde(with = "serde_units::millis")]
+    pub outcome_linger: Duration,
 }
 
 impl Default for ManagerOptions {
@@ -97,6 +101,7 @@ impl Default for ManagerOptions {
             claim_batch_size: 32,
             pool_size: 5,
             acquire_timeout: Duration::from_secs(30),
+            outcome_linger: Duration::from_millis(2),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -24,14 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::RuntimeError;
 use crate::registry::{Entry, FnHandler, Registry};
-use crate::writer::OutcomeWriter;
+use crate::writer::{OutcomeWriter, WriterSettings};
 
 /// The reason suspended parents carry while their children run.
 pub(crate) const AWAITING_SUBTASKS: &str = "awaiting_subtasks";
 /// Upper bound of the claim loop's back-off after store errors.
 const MAX_LOOP_BACKOFF: Duration = Duration::from_secs(30);
-/// Longest a claim round waits for more slots of a burst to free (see the claim loop).
-const CLAIM_FILL_WAIT: Duration = Duration::from_millis(2);
+/// How often a claim round yields for more slots of a burst to free (see the claim loop).
+const CLAIM_FILL_YIELDS: usize = 8;
 /// Most outcomes in one write transaction (the engine never has more than
 /// `max_concurrent_tasks` executions to write for anyway).
 const MAX_OUTCOME_BATCH: usize = 500;
@@ -140,6 +140,10 @@ pub(crate) struct Inner {
     pub(crate) wake: Notify,
     /// Executions in flight, counted when claimed and released when their outcome is written.
     pub(crate) running: watch::Sender<usize>,
+    /// Executions whose handler is still running: the slots of `max_concurrent_tasks`. An
+    /// execution gives its slot back when its handler ends, while its outcome is still being
+    /// written, so the next claim overlaps the previous batch's write.
+    pub(crate) handlers: watch::Sender<usize>,
     /// Keyed by (task, attempt): a stale execution of an earlier attempt and the current one can
     /// coexist briefly, and each must keep its own token and heartbeat entry.
     pub(crate) in_flight: Mutex<HashMap<(TaskId, i32), InFlight>>,
@@ -226,6 +230,7 @@ impl Engine {
                 paused: watch::Sender::new(false),
                 wake: Notify::new(),
                 running: watch::Sender::new(0),
+                handlers: watch::Sender::new(0),
                 in_flight: Mutex::new(HashMap::new()),
                 claim_shutdown,
                 background_shutdown,
@@ -730,8 +735,12 @@ impl Inner {
             OutcomeWriter::spawn(
                 self.store.clone(),
                 self.clock.clone(),
-                self.options.max_concurrent_tasks.min(MAX_OUTCOME_BATCH),
-                self.options.task_heartbeat_timeout,
+                self.handlers.subscribe(),
+                WriterSettings {
+                    max_batch: self.options.max_concurrent_tasks.min(MAX_OUTCOME_BATCH),
+                    linger: self.options.outcome_linger,
+                    give_up_after: self.options.task_heartbeat_timeout,
+                },
             )
         })
     }
@@ -746,7 +755,7 @@ impl Inner {
     /// and never exits before `stop`.
     async fn claim_loop(self: Arc<Self>) {
         let mut paused = self.paused.subscribe();
-        let mut running = self.running.subscribe();
+        let mut running = self.handlers.subscribe();
         let mut failures: u32 = 0;
         let max = self.options.max_concurrent_tasks;
         loop {
@@ -770,20 +779,19 @@ impl Inner {
             if self.claim_stopped() {
                 break;
             }
-            // Claim fill: outcomes are written in batches, so slots come back in bursts. Give a
-            // burst that has begun a moment to complete, so the round claims for all of it
-            // instead of one task per freed slot. Bounded on the wall clock (a manual clock
-            // must not stall claiming) and skipped when nothing runs (no pickup delay).
+            // Claim fill: handlers claimed together tend to end together. When slots are
+            // coming back one by one, let the rest of such a burst run to its end first, so the
+            // round claims for all of it instead of one task per freed slot. Yielding, not
+            // sleeping: a handler that is really still working costs this round nothing.
             let fill = max.min(self.options.claim_batch_size);
-            let running_now = *self.running.borrow();
-            if running_now > 0 && max.saturating_sub(running_now) < fill {
-                let _ = tokio::time::timeout(
-                    CLAIM_FILL_WAIT,
-                    running.wait_for(|running| max.saturating_sub(*running) >= fill),
-                )
-                .await;
+            for _ in 0..CLAIM_FILL_YIELDS {
+                let running_now = *self.handlers.borrow();
+                if running_now == 0 || max.saturating_sub(running_now) >= fill {
+                    break;
+                }
+                tokio::task::yield_now().await;
             }
-            let free = max.saturating_sub(*self.running.borrow());
+            let free = max.saturating_sub(*self.handlers.borrow());
             if free == 0 {
                 continue;
             }
@@ -861,6 +869,7 @@ impl Inner {
         let counter = self.registry.counter(&task.name);
         counter.fetch_add(1, Ordering::SeqCst);
         self.running.send_modify(|running| *running += 1);
+        self.handlers.send_modify(|handlers| *handlers += 1);
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -875,10 +884,11 @@ impl Inner {
             inner: self.clone(),
             key: (task.id, task.attempt),
             counter,
+            handler_ended: AtomicBool::new(false),
         };
         tokio::spawn(async move {
             let inner = slot.inner.clone();
-            inner.execute(task, cancel).await;
+            inner.execute(task, cancel, &slot).await;
             drop(slot);
         });
     }
@@ -957,26 +967,44 @@ fn loop_backoff(poll_interval: Duration, failures: u32) -> Duration {
     poll_interval.saturating_mul(factor).min(cap)
 }
 
-/// One execution's hold on a slot; released when the execution ends, even if it panics.
-struct Slot {
+/// One execution's hold on a slot and on its in-flight entry. The slot (global and per-handler
+/// concurrency) is given back when the handler ends; the in-flight entry (heartbeats, `stop`'s
+/// drain) when the execution ends, even if it panics.
+pub(crate) struct Slot {
     inner: Arc<Inner>,
     key: (TaskId, i32),
     counter: Arc<AtomicUsize>,
+    handler_ended: AtomicBool,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+impl Slot {
+    /// The handler has returned, panicked or been dropped: its slot is free for the next
+    /// claim while the outcome is written. Idempotent.
+    pub(crate) fn end_handler(&self) {
+        if self.handler_ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
         // Floored at zero: a counter must never wrap around and block a handler forever.
         let _ = self
             .counter
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 Some(n.saturating_sub(1))
             });
+        self.inner
+            .handlers
+            .send_modify(|handlers| *handlers = handlers.saturating_sub(1));
+        self.inner.wake.notify_one();
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.end_handler();
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
         self.inner
             .running
             .send_modify(|running| *running = running.saturating_sub(1));

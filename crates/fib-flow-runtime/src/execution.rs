@@ -11,7 +11,7 @@ use fib_flow_domain::{
 use fib_flow_ports::{HandlerResult, Outcome, PortError, Spawn, SpawnRequest, TaskHandle};
 use tokio::task::JoinError;
 
-use crate::engine::{Cancel, CancelReason, Inner};
+use crate::engine::{Cancel, CancelReason, Inner, Slot};
 
 /// Message of a failure written when the local deadline cancels a handler.
 pub(crate) const TIMEOUT_MESSAGE: &str = "Task execution timeout";
@@ -41,7 +41,7 @@ pub(crate) enum Written<T> {
 
 impl Inner {
     /// Runs one claimed task to its written outcome.
-    pub(crate) async fn execute(self: &Arc<Self>, task: Task, cancel: Cancel) {
+    pub(crate) async fn execute(self: &Arc<Self>, task: Task, cancel: Cancel, slot: &Slot) {
         let id = task.id;
         let attempt = task.attempt;
         // Hot reload: the attempt runs the handler registered now, whatever happens later.
@@ -116,6 +116,9 @@ impl Inner {
             };
         }
 
+        if let Ended::Returned(_) = ended {
+            slot.end_handler();
+        }
         match ended {
             Ended::Returned(Ok(result)) => self.record(&task, &probe, result).await,
             Ended::Returned(Err(error)) => {
@@ -135,6 +138,7 @@ impl Inner {
                 cancel.cancel(CancelReason::Deadline);
                 join.abort();
                 let _ = join.await;
+                slot.end_handler();
                 tracing::warn!(task_id = %id, attempt, deadline = ?deadline, "deadline passed; handler cancelled");
                 self.fail(id, attempt, TIMEOUT_MESSAGE.into(), true).await;
             }
@@ -143,6 +147,7 @@ impl Inner {
                 // Awaiting the aborted task guarantees the handler future has been dropped
                 // (its destructors ran) before the slot is given back.
                 let _ = join.await;
+                slot.end_handler();
                 match reason {
                     CancelReason::Stopping => {
                         let release = Command::Release {

@@ -2,10 +2,11 @@
 //! release, suspend) to one writer per engine, which writes whatever has queued up as one
 //! [`TaskStore::apply_batch`] transaction.
 //!
-//! Batching is group commit, not a timer: while one batch is being written the next one
-//! gathers, so an idle engine writes each outcome at once and a busy one writes many per
-//! transaction. Each command keeps its own verdict: a stale or rejected command is reported to
-//! its own execution only.
+//! Batching is group commit: while one batch is being written the next one gathers. Before a
+//! flush the writer also lingers, up to `linger` (wall clock), while handlers are still
+//! running, so that with short handlers a burst of claims completes in one transaction instead
+//! of several; it never waits when no handler runs. Each command keeps its own verdict: a stale or rejected command is
+//! reported to its own execution only.
 //!
 //! A transient fault of a batch is retried with capped back-off until the write lands or the
 //! attempts can no longer be ours: after `task_heartbeat_timeout` of failures any live
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use fib_flow_domain::{Command, Task, TaskId};
 use fib_flow_ports::{Clock, PortError, TaskStore};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// First back-off after a transient batch fault (doubles up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -42,15 +43,18 @@ impl OutcomeWriter {
     pub(crate) fn spawn(
         store: Arc<dyn TaskStore>,
         clock: Arc<dyn Clock>,
-        max_batch: usize,
-        give_up_after: Duration,
+        handlers: watch::Receiver<usize>,
+        settings: WriterSettings,
     ) -> OutcomeWriter {
         let (queue, pending) = mpsc::unbounded_channel();
         let writer = Writer {
             store,
             clock,
-            max_batch: max_batch.max(1),
-            give_up_after,
+            handlers,
+            settings: WriterSettings {
+                max_batch: settings.max_batch.max(1),
+                ..settings
+            },
         };
         tokio::spawn(writer.run(pending));
         OutcomeWriter { queue }
@@ -78,11 +82,24 @@ fn writer_gone() -> PortError {
     }
 }
 
+/// How the writer batches and retries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterSettings {
+    /// Most commands in one transaction.
+    pub(crate) max_batch: usize,
+    /// Longest wait for running executions to report before a flush.
+    pub(crate) linger: Duration,
+    /// How long a transient fault is retried.
+    pub(crate) give_up_after: Duration,
+}
+
 struct Writer {
     store: Arc<dyn TaskStore>,
     clock: Arc<dyn Clock>,
-    max_batch: usize,
-    give_up_after: Duration,
+    /// Handlers still running: each will report an outcome soon (or not: the linger bounds
+    /// the wait).
+    handlers: watch::Receiver<usize>,
+    settings: WriterSettings,
 }
 
 impl Writer {
@@ -92,10 +109,20 @@ impl Writer {
             // queue their outcomes so they share this transaction.
             tokio::task::yield_now().await;
             let mut batch = vec![first];
-            while batch.len() < self.max_batch {
+            let linger_until = tokio::time::Instant::now() + self.settings.linger;
+            while batch.len() < self.settings.max_batch {
                 match pending.try_recv() {
                     Ok(next) => batch.push(next),
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if *self.handlers.borrow() == 0 {
+                            break;
+                        }
+                        match tokio::time::timeout_at(linger_until, pending.recv()).await {
+                            Ok(Some(next)) => batch.push(next),
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
                 }
             }
             self.flush(batch).await;
@@ -135,7 +162,9 @@ impl Writer {
                     }
                     return;
                 }
-                Err(error) if error.is_transient() && started.elapsed() < self.give_up_after => {
+                Err(error)
+                    if error.is_transient() && started.elapsed() < self.settings.give_up_after =>
+                {
                     tracing::warn!(
                         %error,
                         outcomes = batch.len(),

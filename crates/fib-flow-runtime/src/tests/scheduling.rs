@@ -204,9 +204,15 @@ async fn per_type_count_survives_re_registration() {
     engine
         .register_with("one", gated(&rec, &gate, &active, &peak, "v2"), limit)
         .unwrap();
-    rec.wait_count("a claim after re-registration", 3, |event| {
-        matches!(event, Ev::Claim(_))
-    })
+    // The loop may already be in a round that saw the new registration; wake it once more
+    // so that a round surely starts after it.
+    let claims_so_far = rec.claims().len();
+    rec.notify.notify_one();
+    rec.wait_count(
+        "a claim after re-registration",
+        claims_so_far + 1,
+        |event| matches!(event, Ev::Claim(_)),
+    )
     .await;
     let last = rec.claims().pop().unwrap();
     assert_eq!(

@@ -1,0 +1,17 @@
+DROP INDEX idx_tasks_claim;
+DROP INDEX idx_tasks_deadline;
+DROP INDEX idx_tasks_active;
+DROP INDEX idx_tasks_children;
+DROP INDEX idx_tasks_workflow;
+DROP INDEX idx_tasks_stats;
+DROP INDEX idx_tasks_attention;
+CREATE INDEX idx_tasks_claim ON fib_flow_tasks (status, priority DESC, next_run_time, id);
+CREATE INDEX idx_tasks_deadline ON fib_flow_tasks (status, deadline);
+CREATE INDEX idx_tasks_active ON fib_flow_tasks (status, last_active_time);
+CREATE INDEX idx_tasks_children ON fib_flow_tasks (parent_id, parent_round, status);
+CREATE INDEX idx_tasks_workflow ON fib_flow_tasks (root_id, created_at);
+CREATE INDEX idx_tasks_stats ON fib_flow_tasks (tag, name, status);
+DROP INDEX idx_task_events_worker_time;
+CREATE INDEX idx_task_events_worker_time ON fib_flow_task_events (worker_id, event_time);
+DROP INDEX idx_task_attempts_ended;
+CREATE INDEX idx_task_attempts_ended ON fib_flow_task_attempts (ended_at);
