@@ -1858,3 +1858,207 @@ async fn concurrent_children_settle_exactly_once(ctx: Ctx) {
     }
 }
 store_test!(concurrent_children_settle_exactly_once);
+
+// ---- batched outcomes ----------------------------------------------------------------------
+
+async fn apply_batch_gives_each_command_its_own_verdict(ctx: Ctx) {
+    let ids = ctx
+        .store
+        .insert_tasks(vec![new_task("b"), new_task("b"), new_task("b")])
+        .await
+        .expect("insert");
+    let claimed = ctx
+        .store
+        .claim(claim_req("w", &["b"], 3, 10))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let complete = |attempt| Command::Complete {
+        attempt,
+        result: json!("ok"),
+    };
+    let verdicts = ctx
+        .store
+        .apply_batch(
+            vec![
+                (ids[2], complete(1)),
+                // A stale fence: attempt 7 never ran.
+                (ids[0], complete(7)),
+                (TaskId(999_999), complete(1)),
+                (
+                    ids[1],
+                    Command::Fail {
+                        attempt: 1,
+                        error: "boom".into(),
+                        timed_out: false,
+                        jitter: 0.0,
+                    },
+                ),
+            ],
+            at(20),
+        )
+        .await
+        .expect("batch");
+    assert_eq!(verdicts.len(), 4, "one verdict per command, in order");
+    assert!(
+        matches!(&verdicts[0], Ok(task) if task.id == ids[2] && task.status == TaskStatus::Completed)
+    );
+    assert!(
+        matches!(verdicts[1], Err(PortError::Stale { task_id, attempt: 7 }) if task_id == ids[0]),
+        "{:?}",
+        verdicts[1]
+    );
+    assert!(matches!(verdicts[2], Err(PortError::NotFound(TaskId(999_999)))));
+    assert!(
+        matches!(&verdicts[3], Ok(task) if task.status == TaskStatus::Pending && task.retry_count == 1)
+    );
+    // The stale neighbour changed nothing; the others were written with their audit rows.
+    let untouched = ctx.store.get_task(ids[0]).await.expect("get").expect("row");
+    assert_eq!(untouched.status, TaskStatus::Running);
+    let done = ctx.store.get_task(ids[2]).await.expect("get").expect("row");
+    assert_eq!(done.result, Some(json!("ok")));
+    assert_eq!(
+        attempts_of(&ctx, ids[2]).await[0].outcome,
+        Some(AttemptOutcome::Completed)
+    );
+    assert_eq!(
+        attempts_of(&ctx, ids[1]).await[0].outcome,
+        Some(AttemptOutcome::Failed)
+    );
+    assert_eq!(attempts_of(&ctx, ids[0]).await[0].outcome, None);
+    let types: Vec<String> = events_of(&ctx, ids[2])
+        .await
+        .into_iter()
+        .map(|event| event.event_type)
+        .collect();
+    assert_eq!(
+        types,
+        [
+            EventType::TaskCreated.as_str(),
+            EventType::TaskClaimed.as_str(),
+            EventType::TaskStarted.as_str(),
+            EventType::TaskCompleted.as_str()
+        ]
+    );
+    assert!(
+        ctx.store
+            .apply_batch(Vec::new(), at(30))
+            .await
+            .expect("empty batch")
+            .is_empty()
+    );
+}
+store_test!(apply_batch_gives_each_command_its_own_verdict);
+
+async fn apply_batch_settles_sibling_children_once_each(ctx: Ctx) {
+    let ids = ctx
+        .store
+        .insert_tasks(vec![new_task("parent")])
+        .await
+        .expect("insert");
+    let parent = ids[0];
+    ctx.store
+        .claim(claim_req("w", &["parent"], 1, 10))
+        .await
+        .expect("claim");
+    let kids = spawn(
+        &ctx,
+        parent,
+        1,
+        &["kid", "kid", "kid"],
+        ChildFailurePolicy::Resume,
+        20,
+    )
+    .await;
+    let claimed = ctx
+        .store
+        .claim(claim_req("w", &["kid"], 3, 30))
+        .await
+        .expect("claim kids");
+    assert_eq!(claimed.len(), 3);
+    // Every child settles in the same transaction, in reverse id order on purpose.
+    let verdicts = ctx
+        .store
+        .apply_batch(
+            kids.iter()
+                .rev()
+                .map(|kid| {
+                    (
+                        *kid,
+                        Command::Complete {
+                            attempt: 1,
+                            result: json!(kid.0),
+                        },
+                    )
+                })
+                .collect(),
+            at(40),
+        )
+        .await
+        .expect("batch");
+    assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+    let p = ctx
+        .store
+        .get_task(parent)
+        .await
+        .expect("get")
+        .expect("parent");
+    assert_eq!(p.status, TaskStatus::Pending, "resumed once the last child settled");
+    assert_eq!(p.completed_children, 3, "each child counted exactly once");
+    assert_eq!(p.stage, 1);
+    let resumed = events_of(&ctx, parent)
+        .await
+        .iter()
+        .filter(|event| {
+            event.event_type == EventType::TaskStatusChanged.as_str()
+                && event.from_status == Some(TaskStatus::Suspended)
+        })
+        .count();
+    assert_eq!(resumed, 1, "the parent resumes exactly once");
+}
+store_test!(apply_batch_settles_sibling_children_once_each);
+
+async fn apply_batch_applies_commands_of_one_task_in_order(ctx: Ctx) {
+    let ids = ctx
+        .store
+        .insert_tasks(vec![new_task("twice")])
+        .await
+        .expect("insert");
+    ctx.store
+        .claim(claim_req("w", &["twice"], 1, 10))
+        .await
+        .expect("claim");
+    let verdicts = ctx
+        .store
+        .apply_batch(
+            vec![
+                (
+                    ids[0],
+                    Command::Complete {
+                        attempt: 1,
+                        result: json!(1),
+                    },
+                ),
+                (
+                    ids[0],
+                    Command::Complete {
+                        attempt: 1,
+                        result: json!(2),
+                    },
+                ),
+            ],
+            at(20),
+        )
+        .await
+        .expect("batch");
+    assert!(matches!(&verdicts[0], Ok(task) if task.result == Some(json!(1))));
+    assert!(
+        verdicts[1].is_err(),
+        "the second completion sees the first one's row: {:?}",
+        verdicts[1]
+    );
+    let stored = ctx.store.get_task(ids[0]).await.expect("get").expect("row");
+    assert_eq!(stored.result, Some(json!(1)));
+    assert_eq!(attempts_of(&ctx, ids[0]).await.len(), 1);
+}
+store_test!(apply_batch_applies_commands_of_one_task_in_order);
