@@ -32,6 +32,8 @@ mod error;
 mod orchestration;
 pub mod rows;
 pub mod schema;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod schema_version;
 
 #[cfg(feature = "mysql")]
 mod mysql;
