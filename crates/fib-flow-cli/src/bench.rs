@@ -127,7 +127,7 @@ impl Target {
         manager.setup().await?;
         manager.register("noop", |_task: TaskHandle| async move {
             Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
-        });
+        })?;
         Ok(manager)
     }
 }
@@ -230,7 +230,7 @@ async fn measure(target: &Target, args: &BenchArgs) -> BenchResult<Vec<String>> 
             let _ = sender.send(Instant::now());
             Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
         }
-    });
+    })?;
     manager.start().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut latencies = Vec::with_capacity(args.latency_samples);
