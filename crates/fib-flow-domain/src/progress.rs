@@ -27,12 +27,12 @@ fn object(field: &'static str, value: Option<Value>) -> Result<Map<String, Value
         Some(Value::Object(map)) => {
             // The user's keys become the event metadata object's keys: same depth, so the
             // whole limit applies.
-            let map = Value::Object(map);
-            limits::check_json(field, &map, limits::MAX_JSON_DEPTH)?;
-            match map {
-                Value::Object(map) => Ok(map),
-                _ => Ok(Map::new()),
-            }
+            let value = Value::Object(map);
+            limits::check_json(field, &value, limits::MAX_JSON_DEPTH)?;
+            Ok(match value {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            })
         }
         Some(_) => Err(DomainError::InvalidOption {
             field,
