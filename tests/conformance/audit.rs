@@ -647,12 +647,16 @@ pub async fn retention_deletes_expired_terminal_tasks_only(db: &TestDb) {
     wait_status(&manager, failed, TaskStatus::PermanentlyFailed).await;
     wait_status(&manager, suspended, TaskStatus::Suspended).await;
     manager.pause();
+    // Due only after the clock moves past every instant this test uses: `pause()` does not wait
+    // for a claim round already under way, which (seen under load on MariaDB) could still take
+    // a task that was due at once.
+    let not_due = TaskOptions::default().delay(Duration::from_secs(86_400));
     let pending = manager
-        .enqueue("ok", json!({}), TaskOptions::default())
+        .enqueue("ok", json!({}), not_due.clone())
         .await
         .expect("enqueue");
     let paused = manager
-        .enqueue("ok", json!({}), TaskOptions::default())
+        .enqueue("ok", json!({}), not_due)
         .await
         .expect("enqueue");
     manager.pause_task(paused).await.expect("pause");
