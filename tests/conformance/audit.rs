@@ -71,12 +71,16 @@ fn serial(db: &TestDb) -> ManagerOptions {
 
 pub async fn query_tasks_filters_and_pages(db: &TestDb) {
     let (manager, clock) = manual_manager(db, quiet(db)).await;
-    manager.register("alpha", |_t: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(json!(1).into())
-    });
-    manager.register("beta", |_t: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(json!(2).into())
-    });
+    manager
+        .register("alpha", |_t: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!(1).into())
+        })
+        .expect("register");
+    manager
+        .register("beta", |_t: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!(2).into())
+        })
+        .expect("register");
     let mut ids = Vec::new();
     for index in 0..5 {
         let name = if index % 2 == 0 { "alpha" } else { "beta" };
@@ -212,17 +216,19 @@ pub async fn query_tasks_filters_and_pages(db: &TestDb) {
 pub async fn event_and_attempt_queries_filter_and_order(db: &TestDb) {
     let (manager, clock) = manual_manager(db, quiet(db)).await;
     let flaky_clock = clock.clone();
-    manager.register("flaky", move |task: TaskHandle| {
-        let clock = flaky_clock.clone();
-        async move {
-            clock.advance(Duration::from_secs(2));
-            if task.attempt() == 1 {
-                return Err::<Outcome, HandlerError>("first attempt fails".into());
+    manager
+        .register("flaky", move |task: TaskHandle| {
+            let clock = flaky_clock.clone();
+            async move {
+                clock.advance(Duration::from_secs(2));
+                if task.attempt() == 1 {
+                    return Err::<Outcome, HandlerError>("first attempt fails".into());
+                }
+                task.audit("second_attempt").await?;
+                Ok(json!("ok").into())
             }
-            task.audit("second_attempt").await?;
-            Ok(json!("ok").into())
-        }
-    });
+        })
+        .expect("register");
     let id = manager
         .enqueue("flaky", json!({}), TaskOptions::default().max_retries(3))
         .await
@@ -438,25 +444,27 @@ async fn run_workflow(
     rounds: Vec<Vec<Value>>,
 ) -> TaskId {
     let timed_handler = timed(clock.clone());
-    manager.register("timed", timed_handler);
+    manager.register("timed", timed_handler).expect("register");
     let parent_clock = clock.clone();
     let rounds = Arc::new(rounds);
-    manager.register("planner", move |task: TaskHandle| {
-        let clock = parent_clock.clone();
-        let rounds = rounds.clone();
-        async move {
-            clock.advance(Duration::from_secs(1));
-            let Some(round) = rounds.get(usize::try_from(task.stage()).unwrap_or(usize::MAX))
-            else {
-                return Ok::<Outcome, HandlerError>(json!("planned").into());
-            };
-            let children = round
-                .iter()
-                .map(|payload| ChildSpec::new("timed", payload.clone()))
-                .collect();
-            Ok(task.next(children).into())
-        }
-    });
+    manager
+        .register("planner", move |task: TaskHandle| {
+            let clock = parent_clock.clone();
+            let rounds = rounds.clone();
+            async move {
+                clock.advance(Duration::from_secs(1));
+                let Some(round) = rounds.get(usize::try_from(task.stage()).unwrap_or(usize::MAX))
+                else {
+                    return Ok::<Outcome, HandlerError>(json!("planned").into());
+                };
+                let children = round
+                    .iter()
+                    .map(|payload| ChildSpec::new("timed", payload.clone()))
+                    .collect();
+                Ok(task.next(children).into())
+            }
+        })
+        .expect("register");
     manager
         .enqueue("planner", json!({}), TaskOptions::default())
         .await
@@ -465,9 +473,11 @@ async fn run_workflow(
 
 pub async fn workflow_summary_of_a_pending_workflow(db: &TestDb) {
     let (manager, _clock) = manual_manager(db, quiet(db)).await;
-    manager.register("planner", |_t: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(json!(null).into())
-    });
+    manager
+        .register("planner", |_t: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!(null).into())
+        })
+        .expect("register");
     let root = manager
         .enqueue("planner", json!({}), TaskOptions::default())
         .await
@@ -615,15 +625,21 @@ async fn finish(manager: &TaskManager, name: &str, options: TaskOptions) -> Task
 
 pub async fn retention_deletes_expired_terminal_tasks_only(db: &TestDb) {
     let (manager, clock) = manual_manager(db, quiet(db)).await;
-    manager.register("ok", |_t: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(json!(1).into())
-    });
-    manager.register("fails", |_t: TaskHandle| async move {
-        Err::<Outcome, HandlerError>("no".into())
-    });
-    manager.register("waits", |t: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(t.suspend("human").into())
-    });
+    manager
+        .register("ok", |_t: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!(1).into())
+        })
+        .expect("register");
+    manager
+        .register("fails", |_t: TaskHandle| async move {
+            Err::<Outcome, HandlerError>("no".into())
+        })
+        .expect("register");
+    manager
+        .register("waits", |t: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(t.suspend("human").into())
+        })
+        .expect("register");
     let completed = finish(&manager, "ok", TaskOptions::default()).await;
     let failed = finish(&manager, "fails", TaskOptions::default().max_retries(1)).await;
     let suspended = finish(&manager, "waits", TaskOptions::default()).await;
@@ -631,12 +647,16 @@ pub async fn retention_deletes_expired_terminal_tasks_only(db: &TestDb) {
     wait_status(&manager, failed, TaskStatus::PermanentlyFailed).await;
     wait_status(&manager, suspended, TaskStatus::Suspended).await;
     manager.pause();
+    // Due only after the clock moves past every instant this test uses: `pause()` does not wait
+    // for a claim round already under way, which (seen under load on MariaDB) could still take
+    // a task that was due at once.
+    let not_due = TaskOptions::default().delay(Duration::from_secs(86_400));
     let pending = manager
-        .enqueue("ok", json!({}), TaskOptions::default())
+        .enqueue("ok", json!({}), not_due.clone())
         .await
         .expect("enqueue");
     let paused = manager
-        .enqueue("ok", json!({}), TaskOptions::default())
+        .enqueue("ok", json!({}), not_due)
         .await
         .expect("enqueue");
     manager.pause_task(paused).await.expect("pause");
@@ -706,9 +726,11 @@ pub async fn retention_drains_in_batches_and_keeps_unfinished_workflows(db: &Tes
         ..quiet(db)
     };
     let (manager, clock) = manual_manager(db, options).await;
-    manager.register("ok", |_t: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(json!(1).into())
-    });
+    manager
+        .register("ok", |_t: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!(1).into())
+        })
+        .expect("register");
     let batch = (0..101)
         .map(|_| ("ok".to_owned(), json!({}), TaskOptions::default()))
         .collect();
@@ -718,25 +740,29 @@ pub async fn retention_drains_in_batches_and_keeps_unfinished_workflows(db: &Tes
     }
     let gate = Arc::new(tokio::sync::Notify::new());
     let release = gate.clone();
-    manager.register("slow_child", move |_t: TaskHandle| {
-        let gate = release.clone();
-        async move {
-            gate.notified().await;
-            Ok::<Outcome, HandlerError>(json!(1).into())
-        }
-    });
-    manager.register("wf", |task: TaskHandle| async move {
-        if task.stage() == 0 {
-            return Ok::<Outcome, HandlerError>(
-                task.next(vec![
-                    ChildSpec::new("ok", json!({})),
-                    ChildSpec::new("slow_child", json!({})),
-                ])
-                .into(),
-            );
-        }
-        Ok(json!("done").into())
-    });
+    manager
+        .register("slow_child", move |_t: TaskHandle| {
+            let gate = release.clone();
+            async move {
+                gate.notified().await;
+                Ok::<Outcome, HandlerError>(json!(1).into())
+            }
+        })
+        .expect("register");
+    manager
+        .register("wf", |task: TaskHandle| async move {
+            if task.stage() == 0 {
+                return Ok::<Outcome, HandlerError>(
+                    task.next(vec![
+                        ChildSpec::new("ok", json!({})),
+                        ChildSpec::new("slow_child", json!({})),
+                    ])
+                    .into(),
+                );
+            }
+            Ok(json!("done").into())
+        })
+        .expect("register");
     let root = manager
         .enqueue("wf", json!({}), TaskOptions::default())
         .await
@@ -791,9 +817,11 @@ pub async fn automatic_retention_runs_one_batch_per_due_tick(db: &TestDb) {
         ..quiet(db)
     };
     let (manager, clock) = manual_manager(db, options).await;
-    manager.register("ok", |_t: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(json!(1).into())
-    });
+    manager
+        .register("ok", |_t: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!(1).into())
+        })
+        .expect("register");
     let batch = (0..150)
         .map(|_| ("ok".to_owned(), json!({}), TaskOptions::default()))
         .collect();

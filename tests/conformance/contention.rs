@@ -34,17 +34,19 @@ async fn managers(db: &TestDb, count: usize, executions: &Executions) -> Vec<Tas
             _ => db.manager_with(options, None).await,
         };
         let log = executions.clone();
-        manager.register("work", move |task: TaskHandle| {
-            let log = log.clone();
-            async move {
-                log.lock()
-                    .expect("executions lock")
-                    .entry(task.id())
-                    .or_default()
-                    .push((task.worker_id().to_owned(), task.attempt()));
-                Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
-            }
-        });
+        manager
+            .register("work", move |task: TaskHandle| {
+                let log = log.clone();
+                async move {
+                    log.lock()
+                        .expect("executions lock")
+                        .entry(task.id())
+                        .or_default()
+                        .push((task.worker_id().to_owned(), task.attempt()));
+                    Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
+                }
+            })
+            .expect("register");
         managers.push(manager);
     }
     managers

@@ -36,7 +36,7 @@ async fn echo(task: TaskHandle) -> Result<fib_flow::Outcome, HandlerError> {
 pub async fn setup_is_idempotent(db: &TestDb) {
     let manager = db.manager().await;
     manager.setup().await.expect("second setup is a no-op");
-    manager.register("echo", echo);
+    manager.register("echo", echo).expect("register");
     let id = manager
         .enqueue("echo", json!({"n": 1}), TaskOptions::default())
         .await
@@ -49,7 +49,7 @@ pub async fn setup_is_idempotent(db: &TestDb) {
 
 pub async fn async_task_completes_with_audit_trail(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("echo", echo);
+    manager.register("echo", echo).expect("register");
     let id = manager
         .enqueue(
             "echo",
@@ -102,7 +102,7 @@ pub async fn async_task_completes_with_audit_trail(db: &TestDb) {
 
 pub async fn falsy_results_survive(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("same", echo);
+    manager.register("same", echo).expect("register");
     let mut ids = Vec::new();
     for value in [json!(0), json!(false), json!(""), json!(null), json!([])] {
         ids.push((
@@ -125,13 +125,15 @@ pub async fn failing_task_uses_every_attempt_then_fails_permanently(db: &TestDb)
     let manager = db.manager().await;
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
-    manager.register("boom", move |_task: TaskHandle| {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            Err::<fib_flow::Outcome, _>("Task failed")
-        }
-    });
+    manager
+        .register("boom", move |_task: TaskHandle| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Err::<fib_flow::Outcome, _>("Task failed")
+            }
+        })
+        .expect("register");
     let id = manager
         .enqueue("boom", json!({}), TaskOptions::default().max_retries(2))
         .await
@@ -176,16 +178,18 @@ pub async fn retry_waits_retry_interval_once(db: &TestDb) {
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
-    manager.register("flaky", move |_task: TaskHandle| {
-        let counter = counter.clone();
-        async move {
-            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                Err::<fib_flow::Outcome, _>("first attempt fails".to_owned())
-            } else {
-                Ok(json!("second attempt succeeds").into())
+    manager
+        .register("flaky", move |_task: TaskHandle| {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err::<fib_flow::Outcome, _>("first attempt fails".to_owned())
+                } else {
+                    Ok(json!("second attempt succeeds").into())
+                }
             }
-        }
-    });
+        })
+        .expect("register");
     let options = TaskOptions::default()
         .max_retries(3)
         .retry_interval(Duration::from_secs(30));
@@ -221,13 +225,15 @@ pub async fn retry_waits_retry_interval_once(db: &TestDb) {
 
 pub async fn handler_panic_fails_the_attempt_not_the_worker(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("panics", |_task: TaskHandle| async move {
-        if true {
-            panic!("handler exploded");
-        }
-        Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
-    });
-    manager.register("echo", echo);
+    manager
+        .register("panics", |_task: TaskHandle| async move {
+            if true {
+                panic!("handler exploded");
+            }
+            Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
+        })
+        .expect("register");
+    manager.register("echo", echo).expect("register");
     let bad = manager
         .enqueue("panics", json!({}), TaskOptions::default().max_retries(1))
         .await
@@ -259,15 +265,17 @@ pub async fn deadline_cancels_a_hung_handler(db: &TestDb) {
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
     let started = Arc::new(AtomicUsize::new(0));
     let started_in = started.clone();
-    manager.register("hangs", move |task: TaskHandle| {
-        let started = started_in.clone();
-        async move {
-            started.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<()>().await;
-            let _ = task;
-            Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
-        }
-    });
+    manager
+        .register("hangs", move |task: TaskHandle| {
+            let started = started_in.clone();
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                let _ = task;
+                Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
+            }
+        })
+        .expect("register");
     let options = TaskOptions::default()
         .timeout(Duration::from_secs(10))
         .max_retries(1);
@@ -312,20 +320,22 @@ pub async fn handle_exposes_deadline_payload_and_stage(db: &TestDb) {
     }
     let clock = manual_clock();
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
-    manager.register("inspect", |task: TaskHandle| async move {
-        let resize: Resize = task.payload_as()?;
-        task.check_timeout()?;
-        Ok::<fib_flow::Outcome, HandlerError>(
-            json!({
-                "width": resize.width,
-                "stage": task.stage(),
-                "attempt": task.attempt(),
-                "deadline": task.deadline(),
-                "name": task.name(),
-            })
-            .into(),
-        )
-    });
+    manager
+        .register("inspect", |task: TaskHandle| async move {
+            let resize: Resize = task.payload_as()?;
+            task.check_timeout()?;
+            Ok::<fib_flow::Outcome, HandlerError>(
+                json!({
+                    "width": resize.width,
+                    "stage": task.stage(),
+                    "attempt": task.attempt(),
+                    "deadline": task.deadline(),
+                    "name": task.name(),
+                })
+                .into(),
+            )
+        })
+        .expect("register");
     let id = manager
         .enqueue(
             "inspect",
@@ -352,14 +362,16 @@ pub async fn heartbeat_keeps_a_long_task_alive(db: &TestDb) {
     let release = Arc::new(Notify::new());
     let started = Arc::new(Notify::new());
     let (gate, started_in) = (release.clone(), started.clone());
-    manager.register("long", move |_task: TaskHandle| {
-        let (gate, started) = (gate.clone(), started_in.clone());
-        async move {
-            started.notify_one();
-            gate.notified().await;
-            Ok::<fib_flow::Outcome, HandlerError>(json!("done").into())
-        }
-    });
+    manager
+        .register("long", move |_task: TaskHandle| {
+            let (gate, started) = (gate.clone(), started_in.clone());
+            async move {
+                started.notify_one();
+                gate.notified().await;
+                Ok::<fib_flow::Outcome, HandlerError>(json!("done").into())
+            }
+        })
+        .expect("register");
     let id = manager
         .enqueue("long", json!({}), TaskOptions::default().no_timeout())
         .await
@@ -404,7 +416,7 @@ async fn ghost_claim(manager: &TaskManager, clock: &ManualClock, name: &str) -> 
 pub async fn sweep_times_out_a_lost_heartbeat_and_rejects_the_stale_writer(db: &TestDb) {
     let clock = manual_clock();
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
-    manager.register("echo", echo);
+    manager.register("echo", echo).expect("register");
     let id = manager
         .enqueue("orphaned", json!({}), TaskOptions::default().max_retries(3))
         .await
@@ -416,7 +428,7 @@ pub async fn sweep_times_out_a_lost_heartbeat_and_rejects_the_stale_writer(db: &
         .expect("enqueue");
     assert!(id.is_none(), "submitting an unregistered name is refused");
 
-    manager.register("orphaned", echo);
+    manager.register("orphaned", echo).expect("register");
     let id = manager
         .enqueue(
             "orphaned",
@@ -477,13 +489,15 @@ pub async fn claims_by_priority_then_due_time_then_id(db: &TestDb) {
     let manager = db.manager_with(options, Some(clock.clone())).await;
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = order.clone();
-    manager.register("ordered", move |task: TaskHandle| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().expect("order lock").push(task.id());
-            Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
-        }
-    });
+    manager
+        .register("ordered", move |task: TaskHandle| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().expect("order lock").push(task.id());
+                Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
+            }
+        })
+        .expect("register");
     let submit = |priority: i32, delay: u64| {
         manager.enqueue(
             "ordered",
@@ -512,7 +526,7 @@ pub async fn claims_by_priority_then_due_time_then_id(db: &TestDb) {
 pub async fn delayed_task_waits_for_its_delay(db: &TestDb) {
     let clock = manual_clock();
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
-    manager.register("echo", echo);
+    manager.register("echo", echo).expect("register");
     let id = manager
         .enqueue(
             "echo",
@@ -613,14 +627,14 @@ pub async fn global_concurrency_limit_holds(db: &TestDb) {
 
 pub async fn paused_manager_claims_nothing_and_register_does_not_unpause(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("echo", echo);
+    manager.register("echo", echo).expect("register");
     manager.start().await.expect("start");
     manager.pause();
     let id = manager
         .enqueue("echo", json!(1), TaskOptions::default())
         .await
         .expect("enqueue");
-    manager.register("another", echo);
+    manager.register("another", echo).expect("register");
     // Absence of a claim cannot be awaited; give the loop many poll intervals to misbehave.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let task = manager.get_task(id).await.expect("get").expect("exists");
@@ -636,7 +650,7 @@ pub async fn paused_manager_claims_nothing_and_register_does_not_unpause(db: &Te
 
 pub async fn task_control_pause_resume_cancel(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("echo", echo);
+    manager.register("echo", echo).expect("register");
     let id = manager
         .enqueue("echo", json!(1), TaskOptions::default())
         .await
@@ -670,15 +684,17 @@ pub async fn task_control_pause_resume_cancel(db: &TestDb) {
     let cancelled_flag = Arc::new(AtomicUsize::new(0));
     let handler_started = Arc::new(Notify::new());
     let (flag, started_in) = (cancelled_flag.clone(), handler_started.clone());
-    manager.register("waits", move |task: TaskHandle| {
-        let (flag, started) = (flag.clone(), started_in.clone());
-        async move {
-            started.notify_one();
-            task.cancellation().cancelled().await;
-            flag.fetch_add(1, Ordering::SeqCst);
-            Ok::<fib_flow::Outcome, HandlerError>(json!("ignored").into())
-        }
-    });
+    manager
+        .register("waits", move |task: TaskHandle| {
+            let (flag, started) = (flag.clone(), started_in.clone());
+            async move {
+                started.notify_one();
+                task.cancellation().cancelled().await;
+                flag.fetch_add(1, Ordering::SeqCst);
+                Ok::<fib_flow::Outcome, HandlerError>(json!("ignored").into())
+            }
+        })
+        .expect("register");
     let running = manager
         .enqueue("waits", json!({}), TaskOptions::default())
         .await
@@ -716,14 +732,16 @@ pub async fn hot_reload_keeps_the_running_attempt_on_its_handler(db: &TestDb) {
     let release = Arc::new(Notify::new());
     let started = Arc::new(Notify::new());
     let (gate, started_in) = (release.clone(), started.clone());
-    manager.register("versioned", move |_task: TaskHandle| {
-        let (gate, started) = (gate.clone(), started_in.clone());
-        async move {
-            started.notify_one();
-            gate.notified().await;
-            Ok::<fib_flow::Outcome, HandlerError>(json!("v1").into())
-        }
-    });
+    manager
+        .register("versioned", move |_task: TaskHandle| {
+            let (gate, started) = (gate.clone(), started_in.clone());
+            async move {
+                started.notify_one();
+                gate.notified().await;
+                Ok::<fib_flow::Outcome, HandlerError>(json!("v1").into())
+            }
+        })
+        .expect("register");
     let first = manager
         .enqueue("versioned", json!({}), TaskOptions::default())
         .await
@@ -731,9 +749,11 @@ pub async fn hot_reload_keeps_the_running_attempt_on_its_handler(db: &TestDb) {
     manager.start().await.expect("start");
     // The handler is captured when the attempt starts executing, not when the row is claimed.
     started.notified().await;
-    manager.register("versioned", |_task: TaskHandle| async move {
-        Ok::<fib_flow::Outcome, HandlerError>(json!("v2").into())
-    });
+    manager
+        .register("versioned", |_task: TaskHandle| async move {
+            Ok::<fib_flow::Outcome, HandlerError>(json!("v2").into())
+        })
+        .expect("register");
     release.notify_one();
     assert_eq!(
         wait_status(&manager, first, TaskStatus::Completed)
@@ -770,15 +790,17 @@ pub async fn stop_drains_then_releases(db: &TestDb) {
     let dropped = Arc::new(AtomicUsize::new(0));
     let started = Arc::new(AtomicUsize::new(0));
     let (flag, started_in) = (dropped.clone(), started.clone());
-    manager.register("stuck", move |_task: TaskHandle| {
-        let (flag, started) = (flag.clone(), started_in.clone());
-        async move {
-            let _guard = DropFlag(flag);
-            started.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<()>().await;
-            Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
-        }
-    });
+    manager
+        .register("stuck", move |_task: TaskHandle| {
+            let (flag, started) = (flag.clone(), started_in.clone());
+            async move {
+                let _guard = DropFlag(flag);
+                started.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
+            }
+        })
+        .expect("register");
     let stuck = manager
         .enqueue("stuck", json!({}), TaskOptions::default().no_timeout())
         .await
@@ -813,14 +835,16 @@ pub async fn stop_waits_for_in_flight_results(db: &TestDb) {
     let manager = db.manager().await;
     let started = Arc::new(Notify::new());
     let signal = started.clone();
-    manager.register("slow", move |_task: TaskHandle| {
-        let signal = signal.clone();
-        async move {
-            signal.notify_one();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            Ok::<fib_flow::Outcome, HandlerError>(json!("kept").into())
-        }
-    });
+    manager
+        .register("slow", move |_task: TaskHandle| {
+            let signal = signal.clone();
+            async move {
+                signal.notify_one();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<fib_flow::Outcome, HandlerError>(json!("kept").into())
+            }
+        })
+        .expect("register");
     let id = manager
         .enqueue("slow", json!({}), TaskOptions::default())
         .await
@@ -846,13 +870,15 @@ pub async fn cron_task_reschedules_from_completion_time(db: &TestDb) {
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
-    manager.register("tick", move |_task: TaskHandle| {
-        let counter = counter.clone();
-        async move {
-            let run = counter.fetch_add(1, Ordering::SeqCst) + 1;
-            Ok::<fib_flow::Outcome, HandlerError>(json!({ "run": run }).into())
-        }
-    });
+    manager
+        .register("tick", move |_task: TaskHandle| {
+            let counter = counter.clone();
+            async move {
+                let run = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                Ok::<fib_flow::Outcome, HandlerError>(json!({ "run": run }).into())
+            }
+        })
+        .expect("register");
     let id = manager
         .cron("tick", "* * * * *", json!({}), TaskOptions::default())
         .await
@@ -895,13 +921,15 @@ pub async fn cron_exhaustion_pauses_and_resume_resets(db: &TestDb) {
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
-    manager.register("cron_fails", move |_task: TaskHandle| {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            Err::<fib_flow::Outcome, _>("cron run failed")
-        }
-    });
+    manager
+        .register("cron_fails", move |_task: TaskHandle| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Err::<fib_flow::Outcome, _>("cron run failed")
+            }
+        })
+        .expect("register");
     let id = manager
         .cron(
             "cron_fails",
@@ -931,16 +959,18 @@ pub async fn cron_success_resets_retry_count(db: &TestDb) {
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
-    manager.register("cron_flaky", move |_task: TaskHandle| {
-        let counter = counter.clone();
-        async move {
-            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                Err::<fib_flow::Outcome, _>("first run fails")
-            } else {
-                Ok(json!("ok").into())
+    manager
+        .register("cron_flaky", move |_task: TaskHandle| {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err::<fib_flow::Outcome, _>("first run fails")
+                } else {
+                    Ok(json!("ok").into())
+                }
             }
-        }
-    });
+        })
+        .expect("register");
     let id = manager
         .cron(
             "cron_flaky",
@@ -972,38 +1002,40 @@ pub async fn handler_audit_and_progress_are_recorded(db: &TestDb) {
     let manager = db.manager().await;
     let rejected = Arc::new(std::sync::Mutex::new(Vec::new()));
     let errors = rejected.clone();
-    manager.register("reporting", move |task: TaskHandle| {
-        let errors = errors.clone();
-        async move {
-            task.audit(
-                fib_flow::Checkpoint::new("payload_validated")
-                    .message("Payload validated")
-                    .metadata(json!({"source": "crm"})),
-            )
-            .await?;
-            task.progress(
-                Progress::text("Downloading source data")
-                    .stage_name("download")
-                    .with_percent(20.0),
-            )
-            .await?;
-            task.set_progress(50.0).await?;
-            for bad in [
-                task.audit("   ").await.err(),
-                task.set_progress(101.0).await.err(),
-                task.progress(Progress::default()).await.err(),
-                task.audit(fib_flow::Checkpoint::new("x").metadata(json!([1])))
-                    .await
-                    .err(),
-            ] {
-                errors
-                    .lock()
-                    .expect("lock")
-                    .push(bad.map(|error| error.to_string()));
+    manager
+        .register("reporting", move |task: TaskHandle| {
+            let errors = errors.clone();
+            async move {
+                task.audit(
+                    fib_flow::Checkpoint::new("payload_validated")
+                        .message("Payload validated")
+                        .metadata(json!({"source": "crm"})),
+                )
+                .await?;
+                task.progress(
+                    Progress::text("Downloading source data")
+                        .stage_name("download")
+                        .with_percent(20.0),
+                )
+                .await?;
+                task.set_progress(50.0).await?;
+                for bad in [
+                    task.audit("   ").await.err(),
+                    task.set_progress(101.0).await.err(),
+                    task.progress(Progress::default()).await.err(),
+                    task.audit(fib_flow::Checkpoint::new("x").metadata(json!([1])))
+                        .await
+                        .err(),
+                ] {
+                    errors
+                        .lock()
+                        .expect("lock")
+                        .push(bad.map(|error| error.to_string()));
+                }
+                Ok::<fib_flow::Outcome, HandlerError>(json!("reported").into())
             }
-            Ok::<fib_flow::Outcome, HandlerError>(json!("reported").into())
-        }
-    });
+        })
+        .expect("register");
     let id = manager
         .enqueue("reporting", json!({}), TaskOptions::default())
         .await
@@ -1067,7 +1099,7 @@ pub async fn handler_audit_and_progress_are_recorded(db: &TestDb) {
 
 pub async fn invalid_input_is_a_typed_error(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("echo", echo);
+    manager.register("echo", echo).expect("register");
     let unknown = manager
         .enqueue("nobody", json!({}), TaskOptions::default())
         .await;
@@ -1154,8 +1186,8 @@ pub async fn invalid_input_is_a_typed_error(db: &TestDb) {
 
 pub async fn queries_filter_and_delete(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("alpha", echo);
-    manager.register("beta", echo);
+    manager.register("alpha", echo).expect("register");
+    manager.register("beta", echo).expect("register");
     let a1 = manager
         .enqueue("alpha", json!(1), TaskOptions::default().tag("batch-1"))
         .await
@@ -1278,7 +1310,7 @@ pub async fn tricky_strings_and_large_payloads_round_trip(db: &TestDb) {
     let manager = db.manager().await;
     let name = "it's a \"quoted\" \\ name % _ ü 🚀";
     let tag = "tag'; DROP TABLE fib_flow_tasks; -- %_\\";
-    manager.register(name, echo);
+    manager.register(name, echo).expect("register");
     let big = "x".repeat(1024 * 1024);
     let payload = json!({"quote": "'\"", "backslash": "\\\\", "percent": "100%", "unicode": "日本語 ✓", "big": big});
     let id = manager
@@ -1298,7 +1330,7 @@ pub async fn tricky_strings_and_large_payloads_round_trip(db: &TestDb) {
 
 pub async fn child_failure_policy_defaults_to_resume(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("echo", echo);
+    manager.register("echo", echo).expect("register");
     let id = manager
         .enqueue("echo", json!({}), TaskOptions::default())
         .await

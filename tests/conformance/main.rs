@@ -6,6 +6,7 @@
 
 mod audit;
 mod contention;
+mod hardening;
 mod harness;
 mod lifecycle;
 mod workflows;
@@ -86,4 +87,10 @@ conformance! {
     audit::retention_deletes_expired_terminal_tasks_only,
     audit::retention_drains_in_batches_and_keeps_unfinished_workflows,
     audit::automatic_retention_runs_one_batch_per_due_tick,
+    hardening::deep_json_round_trips_or_is_refused,
+    hardening::names_tags_and_ids_are_checked_up_front,
+    hardening::oversized_values_get_a_typed_size_error,
+    hardening::sub_millisecond_timeouts_are_refused,
+    hardening::permanent_connect_errors_are_not_transient,
+    hardening::a_newer_schema_is_refused_at_setup,
 }

@@ -30,17 +30,19 @@ fn results_of(task: &TaskHandle) -> serde_json::Value {
 
 pub async fn two_child_workflow_completes(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("double", child_double);
-    manager.register("parent", |task: TaskHandle| async move {
-        if task.stage() == 0 {
-            let children = vec![
-                ChildSpec::new("double", json!({"n": 1})),
-                ChildSpec::new("double", json!({"n": 2})),
-            ];
-            return Ok::<Outcome, HandlerError>(task.next(children).into());
-        }
-        Ok(json!({"stage": task.stage(), "children": results_of(&task)}).into())
-    });
+    manager.register("double", child_double).expect("register");
+    manager
+        .register("parent", |task: TaskHandle| async move {
+            if task.stage() == 0 {
+                let children = vec![
+                    ChildSpec::new("double", json!({"n": 1})),
+                    ChildSpec::new("double", json!({"n": 2})),
+                ];
+                return Ok::<Outcome, HandlerError>(task.next(children).into());
+            }
+            Ok(json!({"stage": task.stage(), "children": results_of(&task)}).into())
+        })
+        .expect("register");
     let parent = manager
         .enqueue("parent", json!({}), TaskOptions::default())
         .await
@@ -106,18 +108,22 @@ pub async fn two_child_workflow_completes(db: &TestDb) {
 
 pub async fn nested_levels_share_one_root(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("leaf", |_task: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(json!("leaf").into())
-    });
+    manager
+        .register("leaf", |_task: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!("leaf").into())
+        })
+        .expect("register");
     for (name, child) in [("middle", "leaf"), ("top", "middle")] {
-        manager.register(name, move |task: TaskHandle| async move {
-            if task.stage() == 0 {
-                return Ok::<Outcome, HandlerError>(
-                    task.next(vec![ChildSpec::new(child, json!({}))]).into(),
-                );
-            }
-            Ok(json!(task.child_results()[0].result).into())
-        });
+        manager
+            .register(name, move |task: TaskHandle| async move {
+                if task.stage() == 0 {
+                    return Ok::<Outcome, HandlerError>(
+                        task.next(vec![ChildSpec::new(child, json!({}))]).into(),
+                    );
+                }
+                Ok(json!(task.child_results()[0].result).into())
+            })
+            .expect("register");
     }
     let root = manager
         .enqueue("top", json!({}), TaskOptions::default())
@@ -143,29 +149,31 @@ pub async fn nested_levels_share_one_root(db: &TestDb) {
 
 pub async fn each_stage_sees_only_its_rounds_results(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("double", child_double);
-    manager.register("staged", |task: TaskHandle| async move {
-        let seen: Vec<i64> = task
-            .child_results()
-            .iter()
-            .filter_map(|c| c.result.as_ref()?.as_i64())
-            .collect();
-        match task.stage() {
-            0 => Ok::<Outcome, HandlerError>(
-                task.next(vec![ChildSpec::new("double", json!({"n": 1}))])
-                    .into(),
-            ),
-            1 => {
-                assert_eq!(seen, [2]);
-                let children = vec![
-                    ChildSpec::new("double", json!({"n": 10})),
-                    ChildSpec::new("double", json!({"n": 20})),
-                ];
-                Ok(task.next(children).into())
+    manager.register("double", child_double).expect("register");
+    manager
+        .register("staged", |task: TaskHandle| async move {
+            let seen: Vec<i64> = task
+                .child_results()
+                .iter()
+                .filter_map(|c| c.result.as_ref()?.as_i64())
+                .collect();
+            match task.stage() {
+                0 => Ok::<Outcome, HandlerError>(
+                    task.next(vec![ChildSpec::new("double", json!({"n": 1}))])
+                        .into(),
+                ),
+                1 => {
+                    assert_eq!(seen, [2]);
+                    let children = vec![
+                        ChildSpec::new("double", json!({"n": 10})),
+                        ChildSpec::new("double", json!({"n": 20})),
+                    ];
+                    Ok(task.next(children).into())
+                }
+                _ => Ok(json!({"stage": task.stage(), "seen": seen}).into()),
             }
-            _ => Ok(json!({"stage": task.stage(), "seen": seen}).into()),
-        }
-    });
+        })
+        .expect("register");
     let id = manager
         .enqueue("staged", json!({}), TaskOptions::default())
         .await
@@ -183,19 +191,21 @@ async fn failing_child(_task: TaskHandle) -> HandlerOutput {
 
 pub async fn failed_child_resumes_parent_with_its_error(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("fails", failing_child);
-    manager.register("double", child_double);
-    manager.register("parent", |task: TaskHandle| async move {
-        if task.stage() == 0 {
-            let mut bad = ChildSpec::new("fails", json!({}));
-            bad.max_retries = Some(2);
-            return Ok::<Outcome, HandlerError>(
-                task.next(vec![ChildSpec::new("double", json!({"n": 3})), bad])
-                    .into(),
-            );
-        }
-        Ok(results_of(&task).into())
-    });
+    manager.register("fails", failing_child).expect("register");
+    manager.register("double", child_double).expect("register");
+    manager
+        .register("parent", |task: TaskHandle| async move {
+            if task.stage() == 0 {
+                let mut bad = ChildSpec::new("fails", json!({}));
+                bad.max_retries = Some(2);
+                return Ok::<Outcome, HandlerError>(
+                    task.next(vec![ChildSpec::new("double", json!({"n": 3})), bad])
+                        .into(),
+                );
+            }
+            Ok(results_of(&task).into())
+        })
+        .expect("register");
     let id = manager
         .enqueue("parent", json!({}), TaskOptions::default())
         .await
@@ -226,18 +236,20 @@ pub async fn failed_child_resumes_parent_with_its_error(db: &TestDb) {
 
 pub async fn fail_fast_policy_fails_the_parent(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("fails", failing_child);
+    manager.register("fails", failing_child).expect("register");
     let parent_runs = Arc::new(AtomicUsize::new(0));
     let runs = parent_runs.clone();
-    manager.register("strict", move |task: TaskHandle| {
-        let runs = runs.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let mut child = ChildSpec::new("fails", json!({}));
-            child.max_retries = Some(1);
-            Ok::<Outcome, HandlerError>(task.next(vec![child]).fail_on_child_failure().into())
-        }
-    });
+    manager
+        .register("strict", move |task: TaskHandle| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let mut child = ChildSpec::new("fails", json!({}));
+                child.max_retries = Some(1);
+                Ok::<Outcome, HandlerError>(task.next(vec![child]).fail_on_child_failure().into())
+            }
+        })
+        .expect("register");
     let id = manager
         .enqueue("strict", json!({}), TaskOptions::default().max_retries(1))
         .await
@@ -285,23 +297,30 @@ pub async fn context_round_trips_and_is_not_inherited(db: &TestDb) {
         .chain([0xff, 0xfe, 0x00])
         .collect();
     let expected = context.clone();
-    manager.register("child_context", |task: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(json!(task.context().is_some()).into())
-    });
-    manager.register("keeper", move |task: TaskHandle| {
-        let context = context.clone();
-        async move {
-            if task.stage() == 0 {
-                return Ok::<Outcome, HandlerError>(
-                    task.next(vec![ChildSpec::new("child_context", json!({}))])
-                        .context(context)
+    manager
+        .register("child_context", |task: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!(task.context().is_some()).into())
+        })
+        .expect("register");
+    manager
+        .register("keeper", move |task: TaskHandle| {
+            let context = context.clone();
+            async move {
+                if task.stage() == 0 {
+                    return Ok::<Outcome, HandlerError>(
+                        task.next(vec![ChildSpec::new("child_context", json!({}))])
+                            .context(context)
+                            .into(),
+                    );
+                }
+                let same = task.context() == Some(context.as_slice());
+                Ok(
+                    json!({"same": same, "child_saw_context": task.child_results()[0].result})
                         .into(),
-                );
+                )
             }
-            let same = task.context() == Some(context.as_slice());
-            Ok(json!({"same": same, "child_saw_context": task.child_results()[0].result}).into())
-        }
-    });
+        })
+        .expect("register");
     let id = manager
         .enqueue("keeper", json!({}), TaskOptions::default())
         .await
@@ -318,28 +337,30 @@ pub async fn context_round_trips_and_is_not_inherited(db: &TestDb) {
 
 pub async fn retried_parent_restarts_at_stage_zero_without_context(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("double", child_double);
+    manager.register("double", child_double).expect("register");
     let observed = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = observed.clone();
-    manager.register("retrying", move |task: TaskHandle| {
-        let log = log.clone();
-        async move {
-            log.lock().expect("lock").push((
-                task.stage(),
-                task.context().map(<[u8]>::to_vec),
-                task.attempt(),
-            ));
-            match (task.stage(), task.attempt()) {
-                (0, _) => Ok::<Outcome, HandlerError>(
-                    task.next(vec![ChildSpec::new("double", json!({"n": 1}))])
-                        .context(b"ctx".to_vec())
-                        .into(),
-                ),
-                (_, 2) => Err("stage 1 fails on the first run".into()),
-                _ => Ok(json!("recovered").into()),
+    manager
+        .register("retrying", move |task: TaskHandle| {
+            let log = log.clone();
+            async move {
+                log.lock().expect("lock").push((
+                    task.stage(),
+                    task.context().map(<[u8]>::to_vec),
+                    task.attempt(),
+                ));
+                match (task.stage(), task.attempt()) {
+                    (0, _) => Ok::<Outcome, HandlerError>(
+                        task.next(vec![ChildSpec::new("double", json!({"n": 1}))])
+                            .context(b"ctx".to_vec())
+                            .into(),
+                    ),
+                    (_, 2) => Err("stage 1 fails on the first run".into()),
+                    _ => Ok(json!("recovered").into()),
+                }
             }
-        }
-    });
+        })
+        .expect("register");
     let id = manager
         .enqueue("retrying", json!({}), TaskOptions::default().max_retries(2))
         .await
@@ -364,30 +385,35 @@ pub async fn retried_parent_restarts_at_stage_zero_without_context(db: &TestDb) 
 
 pub async fn new_rounds_use_the_live_child_handler(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("versioned_child", |_task: TaskHandle| async move {
-        Ok::<Outcome, HandlerError>(json!("v1").into())
-    });
+    manager
+        .register("versioned_child", |_task: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!("v1").into())
+        })
+        .expect("register");
     let swap = manager.clone();
-    manager.register("two_rounds", move |task: TaskHandle| {
-        let swap = swap.clone();
-        async move {
-            match task.stage() {
-                0 => Ok::<Outcome, HandlerError>(
-                    task.next(vec![ChildSpec::new("versioned_child", json!({}))])
-                        .into(),
-                ),
-                1 => {
-                    swap.register("versioned_child", |_task: TaskHandle| async move {
-                        Ok::<Outcome, HandlerError>(json!("v2").into())
-                    });
-                    Ok(task
-                        .next(vec![ChildSpec::new("versioned_child", json!({}))])
-                        .into())
+    manager
+        .register("two_rounds", move |task: TaskHandle| {
+            let swap = swap.clone();
+            async move {
+                match task.stage() {
+                    0 => Ok::<Outcome, HandlerError>(
+                        task.next(vec![ChildSpec::new("versioned_child", json!({}))])
+                            .into(),
+                    ),
+                    1 => {
+                        swap.register("versioned_child", |_task: TaskHandle| async move {
+                            Ok::<Outcome, HandlerError>(json!("v2").into())
+                        })
+                        .expect("register");
+                        Ok(task
+                            .next(vec![ChildSpec::new("versioned_child", json!({}))])
+                            .into())
+                    }
+                    _ => Ok(json!(task.child_results()[0].result).into()),
                 }
-                _ => Ok(json!(task.child_results()[0].result).into()),
             }
-        }
-    });
+        })
+        .expect("register");
     let id = manager
         .enqueue("two_rounds", json!({}), TaskOptions::default())
         .await
@@ -406,14 +432,16 @@ pub async fn new_rounds_use_the_live_child_handler(db: &TestDb) {
 
 pub async fn invalid_children_fail_the_attempt_and_write_nothing(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("bad_parent", |task: TaskHandle| async move {
-        let children = match task.payload()["kind"].as_str() {
-            Some("unknown") => vec![ChildSpec::new("not_registered", json!({}))],
-            Some("unnamed") => vec![ChildSpec::new("", json!({}))],
-            _ => Vec::new(),
-        };
-        Ok::<Outcome, HandlerError>(task.next(children).into())
-    });
+    manager
+        .register("bad_parent", |task: TaskHandle| async move {
+            let children = match task.payload()["kind"].as_str() {
+                Some("unknown") => vec![ChildSpec::new("not_registered", json!({}))],
+                Some("unnamed") => vec![ChildSpec::new("", json!({}))],
+                _ => Vec::new(),
+            };
+            Ok::<Outcome, HandlerError>(task.next(children).into())
+        })
+        .expect("register");
     let mut ids = Vec::new();
     for kind in ["unknown", "unnamed", "empty"] {
         ids.push(
@@ -460,17 +488,19 @@ fn approval_clock() -> Arc<ManualClock> {
 pub async fn explicit_suspension_waits_for_a_human(db: &TestDb) {
     let clock = approval_clock();
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
-    manager.register("approval", |task: TaskHandle| async move {
-        if task.stage() == 0 {
-            return Ok::<Outcome, HandlerError>(
-                task.suspend("needs_approval")
-                    .metadata(json!({"approver": "ops"}))
-                    .context(vec![0u8, 159, 146, 150])
-                    .into(),
-            );
-        }
-        Ok(json!({"stage": task.stage(), "context": task.context()}).into())
-    });
+    manager
+        .register("approval", |task: TaskHandle| async move {
+            if task.stage() == 0 {
+                return Ok::<Outcome, HandlerError>(
+                    task.suspend("needs_approval")
+                        .metadata(json!({"approver": "ops"}))
+                        .context(vec![0u8, 159, 146, 150])
+                        .into(),
+                );
+            }
+            Ok(json!({"stage": task.stage(), "context": task.context()}).into())
+        })
+        .expect("register");
     let id = manager
         .enqueue("approval", json!({}), TaskOptions::default())
         .await
@@ -567,21 +597,25 @@ pub async fn explicit_suspension_waits_for_a_human(db: &TestDb) {
 
 pub async fn a_suspended_child_keeps_its_parent_waiting(db: &TestDb) {
     let manager = db.manager().await;
-    manager.register("needs_human", |task: TaskHandle| async move {
-        if task.stage() == 0 {
-            return Ok::<Outcome, HandlerError>(task.suspend("review").into());
-        }
-        Ok(json!("reviewed").into())
-    });
-    manager.register("waiting_parent", |task: TaskHandle| async move {
-        if task.stage() == 0 {
-            return Ok::<Outcome, HandlerError>(
-                task.next(vec![ChildSpec::new("needs_human", json!({}))])
-                    .into(),
-            );
-        }
-        Ok(json!(task.child_results()[0].result).into())
-    });
+    manager
+        .register("needs_human", |task: TaskHandle| async move {
+            if task.stage() == 0 {
+                return Ok::<Outcome, HandlerError>(task.suspend("review").into());
+            }
+            Ok(json!("reviewed").into())
+        })
+        .expect("register");
+    manager
+        .register("waiting_parent", |task: TaskHandle| async move {
+            if task.stage() == 0 {
+                return Ok::<Outcome, HandlerError>(
+                    task.next(vec![ChildSpec::new("needs_human", json!({}))])
+                        .into(),
+                );
+            }
+            Ok(json!(task.child_results()[0].result).into())
+        })
+        .expect("register");
     let parent = manager
         .enqueue("waiting_parent", json!({}), TaskOptions::default())
         .await
@@ -624,16 +658,18 @@ pub async fn a_suspended_child_keeps_its_parent_waiting(db: &TestDb) {
 pub async fn cron_parent_resumes_then_reschedules_at_stage_zero(db: &TestDb) {
     let clock = approval_clock();
     let manager = db.manager_with(db.options(), Some(clock.clone())).await;
-    manager.register("double", child_double);
-    manager.register("cron_parent", |task: TaskHandle| async move {
-        if task.stage() == 0 {
-            return Ok::<Outcome, HandlerError>(
-                task.next(vec![ChildSpec::new("double", json!({"n": 5}))])
-                    .into(),
-            );
-        }
-        Ok(json!(task.child_results()[0].result).into())
-    });
+    manager.register("double", child_double).expect("register");
+    manager
+        .register("cron_parent", |task: TaskHandle| async move {
+            if task.stage() == 0 {
+                return Ok::<Outcome, HandlerError>(
+                    task.next(vec![ChildSpec::new("double", json!({"n": 5}))])
+                        .into(),
+                );
+            }
+            Ok(json!(task.child_results()[0].result).into())
+        })
+        .expect("register");
     let id = manager
         .cron(
             "cron_parent",
@@ -670,19 +706,23 @@ pub async fn deleting_a_parent_does_not_break_maintenance(db: &TestDb) {
     let manager = db.manager().await;
     let release = Arc::new(tokio::sync::Notify::new());
     let gate = release.clone();
-    manager.register("slow_failure", move |_task: TaskHandle| {
-        let gate = gate.clone();
-        async move {
-            gate.notified().await;
-            Err::<Outcome, HandlerError>("child failed after its parent was deleted".into())
-        }
-    });
-    manager.register("doomed_parent", |task: TaskHandle| async move {
-        let mut child = ChildSpec::new("slow_failure", json!({}));
-        child.max_retries = Some(1);
-        Ok::<Outcome, HandlerError>(task.next(vec![child]).into())
-    });
-    manager.register("double", child_double);
+    manager
+        .register("slow_failure", move |_task: TaskHandle| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                Err::<Outcome, HandlerError>("child failed after its parent was deleted".into())
+            }
+        })
+        .expect("register");
+    manager
+        .register("doomed_parent", |task: TaskHandle| async move {
+            let mut child = ChildSpec::new("slow_failure", json!({}));
+            child.max_retries = Some(1);
+            Ok::<Outcome, HandlerError>(task.next(vec![child]).into())
+        })
+        .expect("register");
+    manager.register("double", child_double).expect("register");
     let parent = manager
         .enqueue("doomed_parent", json!({}), TaskOptions::default())
         .await

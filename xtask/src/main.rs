@@ -24,7 +24,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// fmt check, clippy -D warnings, then every test on every reachable backend.
-    Test,
+    Test {
+        /// Run the tests while busy-loop processes saturate every core (one per core), to
+        /// shake out timing assumptions that only hold on an idle machine.
+        #[arg(long)]
+        under_load: bool,
+    },
     /// Apply the embedded migrations to a database URL.
     Migrate {
         /// `sqlite:PATH`, `postgres://…`, `mysql://…`
@@ -64,7 +69,7 @@ const SERVER_BACKENDS: [ServerBackend; 2] = [
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Test => test(),
+        Task::Test { under_load } => test(under_load),
         Task::Migrate { url } => run(
             "migrate",
             cargo().args([
@@ -142,7 +147,7 @@ fn reachable(url: &str) -> Result<(), String> {
         .map_err(|error| format!("{target} does not answer: {error}"))
 }
 
-fn test() -> Result<(), String> {
+fn test(under_load: bool) -> Result<(), String> {
     let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
     run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(
@@ -188,10 +193,56 @@ fn test() -> Result<(), String> {
     for skip in &skipped {
         println!("==> SKIPPED backend {skip}");
     }
-    run("test", &mut tests)?;
+    if under_load {
+        let load = Load::start()?;
+        println!(
+            "==> under load: {} busy-loop processes",
+            load.children.len()
+        );
+        let outcome = run("test", &mut tests);
+        drop(load);
+        outcome?;
+    } else {
+        run("test", &mut tests)?;
+    }
     println!("==> all checks passed on: {}", ran.join(", "));
     for skip in &skipped {
         println!("==> not tested (server unreachable): {skip}");
     }
     Ok(())
+}
+
+/// Busy-loop child processes, one per core, killed (and reaped) when dropped.
+struct Load {
+    children: Vec<std::process::Child>,
+}
+
+impl Load {
+    /// Starts one `sh` busy loop per available core. Separate processes (not threads of this
+    /// one) so the load competes with the test binaries exactly like other work on the host.
+    fn start() -> Result<Load, String> {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let mut load = Load {
+            children: Vec::with_capacity(cores),
+        };
+        for _ in 0..cores {
+            let child = Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .map_err(|error| format!("could not start a busy-loop process: {error}"))?;
+            load.children.push(child);
+        }
+        Ok(load)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // Only our own children, by handle; an already exited one is fine.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

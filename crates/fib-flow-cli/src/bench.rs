@@ -302,7 +302,7 @@ async fn drain_in(
                 }
                 Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
             }
-        });
+        })?;
     }
     enqueue_noops(&manager, queued).await?;
     let client = std::process::id();
@@ -338,7 +338,7 @@ async fn enqueue_rates(backend: &str, args: &BenchArgs, run: usize) -> BenchResu
         let manager = target.manager(10).await?;
         manager.register("noop", |_task: TaskHandle| async move {
             Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
-        });
+        })?;
         let started = Instant::now();
         for index in 0..args.single_enqueues {
             manager
@@ -369,7 +369,7 @@ async fn pickup(backend: &str, args: &BenchArgs, run: usize) -> BenchResult<(f64
                 let _ = sender.send(Instant::now());
                 Ok::<fib_flow::Outcome, HandlerError>(json!(null).into())
             }
-        });
+        })?;
         manager.start().await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut latencies = Vec::with_capacity(args.latency_samples);

@@ -2,7 +2,7 @@
 //! decode errors onto [`PortError`].
 
 use fib_flow_domain::DomainError;
-use fib_flow_ports::PortError;
+use fib_flow_ports::{ConnectErrorKind, PortError};
 
 use crate::rows::DecodeError;
 
@@ -104,26 +104,107 @@ pub(crate) fn db_error(backend: &'static str, error: diesel::result::Error) -> P
     }
 }
 
-fn is_transient_text(message: &str) -> bool {
+pub(crate) fn is_transient_text(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
     TRANSIENT.iter().any(|needle| lower.contains(needle))
 }
 
-/// A pool error (timeout, failed connect, closed pool) is always transient.
-pub(crate) fn pool_error<E: std::fmt::Display>(backend: &'static str, error: E) -> PortError {
-    PortError::Unavailable {
-        backend,
-        message: error.to_string(),
+/// A pool error: a failed connect is classified like [`connection_error`] (bad credentials or
+/// an unknown database are permanent, a refused or lost connection transient); a checkout
+/// timeout or a closed pool is transient.
+pub(crate) fn pool_error(
+    backend: &'static str,
+    error: diesel_async::pooled_connection::deadpool::PoolError,
+) -> PortError {
+    use deadpool::managed::PoolError;
+    use diesel_async::pooled_connection::PoolError as Backend;
+    match error {
+        PoolError::Backend(Backend::ConnectionError(error)) => connection_error(backend, error),
+        PoolError::Backend(Backend::QueryError(error)) => db_error(backend, error),
+        other => PortError::Unavailable {
+            backend,
+            message: other.to_string(),
+        },
     }
 }
 
-/// A connection error (establishing a connection) is transient.
+/// Message fragments of connect failures no retry can fix, with their kind. Drivers report
+/// these as text only (diesel's `ConnectionError` keeps no error codes), hence matching text.
+const PERMANENT_CONNECT: &[(&str, ConnectErrorKind)] = &[
+    (
+        "password authentication failed",
+        ConnectErrorKind::Authentication,
+    ),
+    ("access denied", ConnectErrorKind::Authentication),
+    ("authentication failed", ConnectErrorKind::Authentication),
+    ("no pg_hba.conf entry", ConnectErrorKind::Authentication),
+    ("role \"", ConnectErrorKind::Authentication),
+    ("unknown database", ConnectErrorKind::UnknownDatabase),
+    ("database \"", ConnectErrorKind::UnknownDatabase),
+    ("invalid configuration", ConnectErrorKind::InvalidUrl),
+    ("invalid connection", ConnectErrorKind::InvalidUrl),
+];
+
+/// The kind of a permanent connect failure described by `message`, or `None` when it may be
+/// transient (refused, reset, timed out).
+pub(crate) fn permanent_connect_kind(message: &str) -> Option<ConnectErrorKind> {
+    let lower = message.to_ascii_lowercase();
+    PERMANENT_CONNECT
+        .iter()
+        .find(|(needle, _)| {
+            lower.contains(needle)
+                // "role"/"database" only name the problem together with "does not exist".
+                && (!matches!(needle, &"role \"" | &"database \"") || lower.contains("does not exist"))
+        })
+        .map(|(_, kind)| *kind)
+}
+
+/// Maps a failure to establish a connection. Malformed URLs, bad credentials, unknown
+/// databases and unopenable SQLite files are [`PortError::Connect`] (permanent, with the
+/// driver's error as source where diesel keeps it); everything else (refused, reset, timed
+/// out, a locked SQLite file) is transient.
 pub(crate) fn connection_error(
     backend: &'static str,
     error: diesel::result::ConnectionError,
 ) -> PortError {
-    PortError::Unavailable {
-        backend,
-        message: error.to_string(),
+    use diesel::result::ConnectionError;
+    let message = error.to_string();
+    let connect =
+        |kind, message: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
+            PortError::Connect {
+                backend,
+                kind,
+                message,
+                source,
+            }
+        };
+    match error {
+        ConnectionError::InvalidConnectionUrl(text) => {
+            connect(ConnectErrorKind::InvalidUrl, text, None)
+        }
+        ConnectionError::InvalidCString(error) => {
+            connect(ConnectErrorKind::InvalidUrl, message, Some(Box::new(error)))
+        }
+        // SQLite reports only failures to open (or create) the file this way.
+        ConnectionError::BadConnection(text) if backend == "sqlite" => {
+            connect(ConnectErrorKind::Unopenable, text, None)
+        }
+        ConnectionError::BadConnection(text) => match permanent_connect_kind(&text) {
+            Some(kind) => connect(kind, text, None),
+            None => PortError::Unavailable {
+                backend,
+                message: text,
+            },
+        },
+        ConnectionError::CouldntSetupConfiguration(error) => {
+            match permanent_connect_kind(&message) {
+                Some(kind) => connect(kind, message, Some(Box::new(error))),
+                None => db_error(backend, error),
+            }
+        }
+        _ => match permanent_connect_kind(&message) {
+            Some(kind) => connect(kind, message, None),
+            None => PortError::Unavailable { backend, message },
+        },
     }
 }

@@ -32,6 +32,8 @@ mod error;
 mod orchestration;
 pub mod rows;
 pub mod schema;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod schema_version;
 
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -125,8 +127,11 @@ fn feature_off(backend: &str) -> PortError {
 
 /// Opens a store for `config.url`. No schema changes: call [`TaskStore::migrate`].
 ///
-/// Errors: [`PortError::Config`] for an unknown scheme or a backend whose cargo feature is
-/// off, [`PortError::Unavailable`] when the database cannot be reached.
+/// Errors: [`PortError::Config`] for an unknown scheme, a backend whose cargo feature is off
+/// or a MySQL server whose `max_allowed_packet` is below 16 MiB; [`PortError::Connect`]
+/// (permanent) for a malformed URL, rejected credentials, an unknown database or an
+/// unopenable SQLite file; [`PortError::Unavailable`] (transient) when the database cannot be
+/// reached.
 pub async fn connect(config: StoreConfig) -> Result<Arc<dyn TaskStore>, PortError> {
     match parse_url(&config.url)? {
         #[cfg(feature = "sqlite")]

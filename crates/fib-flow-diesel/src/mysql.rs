@@ -173,12 +173,18 @@ impl MysqlStore {
         conn.batch_execute("DO GET_LOCK('fib_flow_migrations', 60)")
             .await
             .map_err(|e| db_error(BACKEND, e))?;
-        let outcome = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut wrapper: AsyncConnectionWrapper<Conn> = AsyncConnectionWrapper::from(conn);
-            let outcome = wrapper
-                .run_pending_migrations(MIGRATIONS)
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            let outcome =
+                crate::schema_version::check_not_newer(BACKEND, &mut wrapper, &MIGRATIONS)
+                    .and_then(|()| {
+                        wrapper
+                            .run_pending_migrations(MIGRATIONS)
+                            .map(|_| ())
+                            .map_err(|e| {
+                                PortError::Config(format!("{BACKEND} migration failed: {e}"))
+                            })
+                    });
             let _ = diesel::connection::SimpleConnection::batch_execute(
                 &mut wrapper,
                 "DO RELEASE_LOCK('fib_flow_migrations')",
@@ -186,8 +192,7 @@ impl MysqlStore {
             outcome
         })
         .await
-        .map_err(|e| PortError::Config(format!("mysql migration task failed: {e}")))?;
-        outcome.map_err(|e| PortError::Config(format!("mysql migration failed: {e}")))
+        .map_err(|e| PortError::Config(format!("mysql migration task failed: {e}")))?
     }
 
     async fn wait_notification(&self) {
@@ -221,9 +226,35 @@ pub(crate) async fn connect(
         .build()
         .map_err(|e| PortError::Config(format!("mysql pool: {e}")))?;
     let store = MysqlStore { pool, url };
-    // Fail fast on an unreachable server rather than at the first query.
-    drop(store.conn().await?);
+    // Fail fast on an unreachable server rather than at the first query, and on a server whose
+    // packet limit is below what the largest task row needs.
+    let mut conn = store.conn().await?;
+    check_packet_size(&mut conn).await?;
+    drop(conn);
     Ok(Arc::new(store))
+}
+
+/// The `max_allowed_packet` a task row of the largest accepted values needs: MariaDB's default.
+/// [`fib_flow_domain::limits::MAX_VALUE_BYTES`] is chosen so that a row fits in it.
+pub(crate) const MIN_PACKET_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Refuses a server whose `max_allowed_packet` is below [`MIN_PACKET_BYTES`]: such a server
+/// drops the connection on a large row ("Connection to the server is closed"), which cannot
+/// be told apart from a transient fault, so the limit must hold before anything is written.
+async fn check_packet_size(conn: &mut Conn) -> Result<(), PortError> {
+    let packet: u64 = diesel::select(diesel::dsl::sql::<Unsigned<BigInt>>(
+        "CAST(@@max_allowed_packet AS UNSIGNED)",
+    ))
+    .get_result(conn)
+    .await
+    .map_err(|e| db_error(BACKEND, e))?;
+    if packet < MIN_PACKET_BYTES {
+        return Err(PortError::Config(format!(
+            "the server's max_allowed_packet is {packet} bytes; fib-flow needs at least {MIN_PACKET_BYTES} (16 MiB, MariaDB's default) so that a task row with values up to {} bytes each fits in one packet: raise max_allowed_packet",
+            fib_flow_domain::limits::MAX_VALUE_BYTES
+        )));
+    }
+    Ok(())
 }
 
 /// `CREATE DATABASE name` (utf8mb4, binary collation) on the server; returns its URL.

@@ -1021,6 +1021,7 @@ macro_rules! impl_task_store {
                 if tasks.is_empty() {
                     return Ok(Vec::new());
                 }
+                $crate::rows::check_new_tasks(&tasks)?;
                 let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async |c| ops::insert_tasks_tx(c, &tasks).await)
@@ -1077,6 +1078,7 @@ macro_rules! impl_task_store {
                 &self,
                 request: fib_flow_ports::SpawnRequest,
             ) -> Result<Vec<fib_flow_domain::TaskId>, fib_flow_ports::PortError> {
+                $crate::rows::check_new_tasks(&request.children)?;
                 let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async move |c| ops::spawn_tx(c, request).await)

@@ -381,12 +381,18 @@ impl PgStore {
             .map_err(|e| db_error(BACKEND, e))?;
         // Sync diesel_migrations over the async connection, on a blocking thread so it works
         // on any runtime flavour.
-        let outcome = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut wrapper: AsyncConnectionWrapper<Conn> = AsyncConnectionWrapper::from(conn);
-            let outcome = wrapper
-                .run_pending_migrations(MIGRATIONS)
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            let outcome =
+                crate::schema_version::check_not_newer(BACKEND, &mut wrapper, &MIGRATIONS)
+                    .and_then(|()| {
+                        wrapper
+                            .run_pending_migrations(MIGRATIONS)
+                            .map(|_| ())
+                            .map_err(|e| {
+                                PortError::Config(format!("{BACKEND} migration failed: {e}"))
+                            })
+                    });
             let _ = diesel::connection::SimpleConnection::batch_execute(
                 &mut wrapper,
                 &format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"),
@@ -394,8 +400,7 @@ impl PgStore {
             outcome
         })
         .await
-        .map_err(|e| PortError::Config(format!("postgres migration task failed: {e}")))?;
-        outcome.map_err(|e| PortError::Config(format!("postgres migration failed: {e}")))
+        .map_err(|e| PortError::Config(format!("postgres migration task failed: {e}")))?
     }
 
     async fn wait_notification(&self) {
@@ -498,8 +503,73 @@ pub(crate) async fn connect(
         listener: std::sync::Mutex::new(None),
     };
     // Fail fast on an unreachable server rather than at the first query.
-    drop(store.conn().await?);
+    probe(&store.url).await?;
     Ok(Arc::new(store))
+}
+
+/// The error's text followed by its causes (`outer: inner: root`).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Connects once with tokio-postgres directly: diesel-async turns a failed connect into text
+/// without its cause ("error connecting to server", "invalid configuration") and without the
+/// SQLSTATE, which is what tells a wrong password (permanent) from a refused socket
+/// (transient).
+async fn probe(url: &str) -> Result<(), PortError> {
+    use fib_flow_ports::ConnectErrorKind;
+    use tokio_postgres::error::SqlState;
+    let config: tokio_postgres::Config =
+        url.parse()
+            .map_err(|error: tokio_postgres::Error| PortError::Connect {
+                backend: BACKEND,
+                kind: ConnectErrorKind::InvalidUrl,
+                message: error_chain(&error),
+                source: Some(Box::new(error)),
+            })?;
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            let driver = tokio::spawn(connection);
+            // Dropping the client ends the session cleanly; the driver task then finishes.
+            drop(client);
+            let _ = driver.await;
+            Ok(())
+        }
+        Err(error) => {
+            let message = error_chain(&error);
+            let kind = match error.code() {
+                Some(code) if code.code().starts_with("28") => {
+                    Some(ConnectErrorKind::Authentication)
+                }
+                Some(code) if *code == SqlState::INVALID_CATALOG_NAME => {
+                    Some(ConnectErrorKind::UnknownDatabase)
+                }
+                _ => None,
+            };
+            Err(match kind {
+                Some(kind) => PortError::Connect {
+                    backend: BACKEND,
+                    kind,
+                    message,
+                    source: Some(Box::new(error)),
+                },
+                None => PortError::Unavailable {
+                    backend: BACKEND,
+                    message,
+                },
+            })
+        }
+    }
 }
 
 /// `CREATE DATABASE name` on the server; returns the new database's URL.

@@ -25,10 +25,28 @@ fn parse<T: std::str::FromStr>(value: &str, what: &str, id: i64) -> Result<T, De
         .map_err(|_| DecodeError(format!("row {id}: stored {what} `{value}` is not valid")))
 }
 
-/// JSON text → value. Lenient like the reference: text that is not JSON is returned as a
-/// JSON string instead of failing the whole read.
-pub fn json_from_text(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+/// JSON text → value. Text that does not parse (not JSON, or nested deeper than serde_json's
+/// recursion limit) is a [`DecodeError`] naming the row and column: turning it into a JSON
+/// string, as the reference did, silently handed callers a different value than was stored.
+/// Writes are checked against [`fib_flow_domain::limits`] so fib-flow itself never stores
+/// such text.
+pub fn json_from_text(text: &str, what: &str, id: i64) -> Result<Value, DecodeError> {
+    serde_json::from_str(text).map_err(|error| {
+        DecodeError(format!(
+            "row {id}: stored {what} is not readable JSON ({error})"
+        ))
+    })
+}
+
+/// Checks tasks about to be inserted ([`NewTask::validate`]: name, tag, payload) so every
+/// backend refuses the same input with the same typed error ([`fib_flow_ports::PortError::Rejected`])
+/// instead of leaving it to column types: SQLite would store what PostgreSQL and MySQL reject.
+/// The engine checks submissions already; this also covers children and direct store users.
+pub fn check_new_tasks(tasks: &[NewTask]) -> Result<(), fib_flow_ports::PortError> {
+    tasks
+        .iter()
+        .try_for_each(NewTask::validate)
+        .map_err(fib_flow_ports::PortError::Rejected)
 }
 
 /// Value → JSON text (`null` for `Value::Null`).
@@ -145,14 +163,18 @@ impl TaskRow {
             )?,
             name: self.name,
             priority: self.priority,
-            payload: json_from_text(&self.payload),
+            payload: json_from_text(&self.payload, "payload", id)?,
             created_at: from_millis(self.created_at),
             tag: self.tag,
             next_run_time: from_millis(self.next_run_time),
             last_active_time: self.last_active_time.map(from_millis),
             last_event_time: self.last_event_time.map(from_millis),
             last_event_type: self.last_event_type,
-            result: self.result.as_deref().map(json_from_text),
+            result: self
+                .result
+                .as_deref()
+                .map(|text| json_from_text(text, "result", id))
+                .transpose()?,
             error: self.error,
             current_stage_name: self.current_stage_name,
             progress_text: self.progress_text,
@@ -175,7 +197,11 @@ impl TaskRow {
             attempt: self.attempt,
             context: self.context,
             suspend_reason: self.suspend_reason,
-            suspend_metadata: self.suspend_metadata.as_deref().map(json_from_text),
+            suspend_metadata: self
+                .suspend_metadata
+                .as_deref()
+                .map(|text| json_from_text(text, "suspend_metadata", id))
+                .transpose()?,
         })
     }
 }
@@ -388,7 +414,7 @@ impl EventRow {
             attempt: self.attempt,
             event_time: from_millis(self.event_time),
             message: self.message,
-            metadata: json_from_text(&self.metadata),
+            metadata: json_from_text(&self.metadata, "event metadata", id)?,
         })
     }
 }
@@ -473,7 +499,10 @@ pub fn child_result(row: ChildRow) -> Result<ChildResult, DecodeError> {
         name,
         status,
         result: if completed {
-            result.as_deref().map(json_from_text)
+            result
+                .as_deref()
+                .map(|text| json_from_text(text, "result", id))
+                .transpose()?
         } else {
             None
         },

@@ -157,14 +157,34 @@ impl SqliteStore {
         let _writer = self.write_guard().await?;
         let mut conn = self.conn().await?;
         // spawn_blocking rather than AsyncMigrationHarness: it works on a current-thread
-        // runtime too.
-        conn.spawn_blocking(|c| {
-            c.run_pending_migrations(MIGRATIONS)
-                .map(|_| ())
-                .map_err(diesel::result::Error::QueryBuilderError)
+        // runtime too. Everything runs in one `BEGIN IMMEDIATE` transaction: it takes the
+        // file's write lock (waiting `busy_timeout` for other processes) before reading which
+        // migrations are pending, so processes migrating one fresh file at once run them one
+        // after the other instead of both creating the same tables. diesel runs each
+        // migration's own transaction as a savepoint inside it; SQLite DDL is transactional.
+        let outcome = conn
+            .spawn_blocking(|c| {
+                let mut outcome = Ok(());
+                let tx = c.immediate_transaction(|c| {
+                    outcome = crate::schema_version::check_not_newer(BACKEND, c, &MIGRATIONS);
+                    if outcome.is_err() {
+                        return Ok(());
+                    }
+                    c.run_pending_migrations(MIGRATIONS)
+                        .map(|_| ())
+                        .map_err(diesel::result::Error::QueryBuilderError)
+                });
+                Ok((tx, outcome))
+            })
+            .await
+            .map_err(|e| PortError::Config(format!("sqlite migration failed: {e}")))?;
+        let (tx, outcome) = outcome;
+        outcome?;
+        tx.map_err(|e| match crate::error::db_error(BACKEND, e) {
+            // Another process held the write lock for longer than busy_timeout: retryable.
+            transient @ PortError::Unavailable { .. } => transient,
+            other => PortError::Config(format!("sqlite migration failed: {other}")),
         })
-        .await
-        .map_err(|e| PortError::Config(format!("sqlite migration failed: {e}")))
     }
 
     async fn wait_notification(&self) {
@@ -195,21 +215,40 @@ fn memory_uri() -> String {
     )
 }
 
-/// Per-connection settings. `foreign_keys` stays off: the schema has none and workflows are
-/// deleted explicitly.
-fn pragmas(file: bool) -> &'static str {
-    if file {
-        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF; PRAGMA synchronous = NORMAL;"
-    } else {
-        "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF; PRAGMA synchronous = NORMAL;"
-    }
-}
+/// Per-connection settings. `busy_timeout` comes first: every later statement (the WAL switch
+/// above all, which needs the file's lock) then waits for another process's lock instead of
+/// failing at once with "database is locked". `foreign_keys` stays off: the schema has none
+/// and workflows are deleted explicitly.
+const PRAGMAS: &str =
+    "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF; PRAGMA synchronous = NORMAL;";
+
+/// How often the WAL switch is tried. SQLite does not always call the busy handler for a
+/// journal-mode change (it can fail with SQLITE_BUSY at once while another connection opens
+/// the same fresh file), so it gets its own short retry.
+const WAL_TRIES: u32 = 50;
 
 async fn open(url: &str, file: bool) -> ConnectionResult<Conn> {
     let mut conn = Conn::establish(url).await?;
-    conn.batch_execute(pragmas(file))
+    conn.batch_execute(PRAGMAS)
         .await
         .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    if file {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match conn.batch_execute("PRAGMA journal_mode = WAL;").await {
+                Ok(()) => break,
+                Err(error)
+                    if tries < WAL_TRIES && crate::error::is_transient_text(&error.to_string()) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(error) => {
+                    return Err(diesel::ConnectionError::CouldntSetupConfiguration(error));
+                }
+            }
+        }
+    }
     Ok(conn)
 }
 

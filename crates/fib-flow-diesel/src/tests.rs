@@ -233,9 +233,23 @@ fn malformed_enum_strings_are_named_errors() {
 }
 
 #[test]
-fn json_is_lenient_on_read() {
-    assert_eq!(json_from_text("{\"a\":1}"), json!({"a": 1}));
-    assert_eq!(json_from_text("not json"), json!("not json"));
+fn json_that_does_not_read_back_is_a_decode_error_not_a_string() {
+    assert_eq!(
+        json_from_text("{\"a\":1}", "payload", 1),
+        Ok(json!({"a": 1}))
+    );
+    let error = json_from_text("not json", "payload", 7).expect_err("not json");
+    assert!(
+        error.0.contains("row 7") && error.0.contains("payload"),
+        "{error:?}"
+    );
+    // Nested past serde_json's recursion limit: was read back as a JSON string.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let error = json_from_text(&deep, "result", 3).expect_err("too deep");
+    assert!(error.0.contains("result"), "{error:?}");
+    let mut row = row_of(&sample_task());
+    row.payload = deep;
+    assert!(row.into_task().is_err());
     assert_eq!(json_to_text(&Value::Null), "null");
     assert_eq!(json_to_text(&json!(0)), "0");
 }
@@ -247,7 +261,8 @@ fn normalized_truncates_to_storage_precision() {
     task.timeout = Some(Duration::from_micros(1_500));
     let n = normalized(&task);
     assert_eq!(n.created_at, from_millis(1_001));
-    assert_eq!(n.timeout, Some(Duration::from_millis(1)));
+    // Durations round up: a stored limit is never shorter than the one asked for.
+    assert_eq!(n.timeout, Some(Duration::from_millis(2)));
 }
 
 #[test]
@@ -367,4 +382,140 @@ fn domain_verdicts_map_to_stale_or_rejected() {
         command: "pause",
     });
     assert!(matches!(rejected, PortError::Rejected(_)));
+}
+
+#[test]
+fn connect_failures_are_permanent_only_when_retrying_cannot_help() {
+    use diesel::result::{ConnectionError, DatabaseErrorKind, Error};
+    use fib_flow_ports::ConnectErrorKind;
+    let server = |message: &str| {
+        ConnectionError::CouldntSetupConfiguration(Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(message.to_owned()),
+        ))
+    };
+    for (error, kind) in [
+        (
+            server("Access denied for user 'root'@'localhost' (using password: YES)"),
+            ConnectErrorKind::Authentication,
+        ),
+        (
+            server("password authentication failed for user \"postgres\""),
+            ConnectErrorKind::Authentication,
+        ),
+        (
+            server("role \"nobody\" does not exist"),
+            ConnectErrorKind::Authentication,
+        ),
+        (
+            server("Unknown database 'ff_missing'"),
+            ConnectErrorKind::UnknownDatabase,
+        ),
+        (
+            server("database \"ff_missing\" does not exist"),
+            ConnectErrorKind::UnknownDatabase,
+        ),
+        (
+            ConnectionError::InvalidConnectionUrl("invalid port number".into()),
+            ConnectErrorKind::InvalidUrl,
+        ),
+    ] {
+        let mapped = crate::error::connection_error("mysql", error);
+        assert!(!mapped.is_transient(), "{mapped}");
+        match &mapped {
+            PortError::Connect { kind: found, .. } => assert_eq!(*found, kind, "{mapped}"),
+            other => panic!("expected a permanent connect error, got {other:?}"),
+        }
+    }
+    // The server's error stays reachable as the source.
+    let mapped = crate::error::connection_error("mysql", server("Unknown database 'x'"));
+    assert!(std::error::Error::source(&mapped).is_some());
+    let sqlite = crate::error::connection_error(
+        "sqlite",
+        ConnectionError::BadConnection("unable to open database file".into()),
+    );
+    assert!(matches!(
+        sqlite,
+        PortError::Connect {
+            kind: ConnectErrorKind::Unopenable,
+            ..
+        }
+    ));
+    for transient in [
+        ConnectionError::BadConnection("Connection refused (os error 111)".into()),
+        server("Too many connections"),
+    ] {
+        let mapped = crate::error::connection_error("mysql", transient);
+        assert!(mapped.is_transient(), "{mapped}");
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn fresh_sqlite_dir(label: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("ff_{label}_{}_{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn an_unopenable_sqlite_path_is_a_permanent_error() {
+    let dir = fresh_sqlite_dir("unopenable");
+    let url = format!(
+        "sqlite:{}",
+        dir.join("missing").join("sub").join("t.db").display()
+    );
+    let error = match crate::connect(StoreConfig::new(url)).await {
+        Ok(_) => panic!("opened a file in a missing directory"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(
+            error,
+            PortError::Connect {
+                kind: fib_flow_ports::ConnectErrorKind::Unopenable,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.is_transient());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Several stores (each with its own pool and writer lock, like separate processes) opening
+/// and migrating one fresh file at the same instant: all must succeed. Before busy_timeout was
+/// set ahead of the WAL switch and migrations took the write lock up front, most of them
+/// failed with "database is locked" or "table already exists".
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_stores_opening_one_fresh_file_at_once_all_succeed() {
+    const OPENERS: usize = 6;
+    for round in 0..4 {
+        let dir = fresh_sqlite_dir(&format!("openers{round}"));
+        let url = format!("sqlite:{}", dir.join("tasks.db").display());
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(OPENERS));
+        let openers: Vec<_> = (0..OPENERS)
+            .map(|_| {
+                let url = url.clone();
+                let start = start.clone();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let store = crate::connect(StoreConfig::new(url)).await?;
+                    store.migrate().await?;
+                    store.close().await;
+                    Ok::<(), PortError>(())
+                })
+            })
+            .collect();
+        for (n, opener) in openers.into_iter().enumerate() {
+            let outcome = opener.await.expect("opener task");
+            assert!(outcome.is_ok(), "round {round}, opener {n}: {outcome:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -1908,7 +1908,10 @@ async fn apply_batch_gives_each_command_its_own_verdict(ctx: Ctx) {
         "{:?}",
         verdicts[1]
     );
-    assert!(matches!(verdicts[2], Err(PortError::NotFound(TaskId(999_999)))));
+    assert!(matches!(
+        verdicts[2],
+        Err(PortError::NotFound(TaskId(999_999)))
+    ));
     assert!(
         matches!(&verdicts[3], Ok(task) if task.status == TaskStatus::Pending && task.retry_count == 1)
     );
@@ -2003,7 +2006,11 @@ async fn apply_batch_settles_sibling_children_once_each(ctx: Ctx) {
         .await
         .expect("get")
         .expect("parent");
-    assert_eq!(p.status, TaskStatus::Pending, "resumed once the last child settled");
+    assert_eq!(
+        p.status,
+        TaskStatus::Pending,
+        "resumed once the last child settled"
+    );
     assert_eq!(p.completed_children, 3, "each child counted exactly once");
     assert_eq!(p.stage, 1);
     let resumed = events_of(&ctx, parent)

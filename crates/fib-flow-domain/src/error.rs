@@ -15,6 +15,29 @@ pub enum DomainError {
         /// What is wrong and what is allowed.
         reason: String,
     },
+    /// A text or value is longer than fib-flow stores (identically on every backend; see
+    /// [`crate::limits`]).
+    #[error("`{field}` is {len} bytes long; at most {max} bytes are allowed")]
+    TooLong {
+        /// The field (e.g. `name`, `tag`, `worker_id`, `payload`, `result`).
+        field: &'static str,
+        /// Its length in bytes (serialized length for JSON).
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// A JSON value is nested deeper than can be read back (serde_json's recursion limit).
+    #[error(
+        "`{field}` is nested {depth} levels deep; at most {max} levels of arrays/objects can be stored and read back"
+    )]
+    JsonTooDeep {
+        /// The field (`payload`, `result`, `suspension.metadata`, …).
+        field: &'static str,
+        /// The value's nesting depth.
+        depth: usize,
+        /// The deepest nesting allowed for this field.
+        max: usize,
+    },
     /// A status string is not one of the eight statuses.
     #[error(
         "invalid status `{value}` for `{field}`: allowed values are pending, running, completed, failed, timeout, permanently_failed, paused, suspended"

@@ -3,7 +3,7 @@
 //! Owns: the task model and its statuses, the task state machine (a pure function from a task
 //! snapshot, a command and the current instant to a new snapshot plus the attempt and audit rows
 //! the transition produces), option resolution and validation, query filter shapes, handler
-//! audit/progress validation and cron schedules.
+//! audit/progress validation, cron schedules and the size limits every backend shares.
 //!
 //! Must not: perform I/O, depend on an async runtime, a database crate, or any other fib-flow
 //! crate. Every other crate depends on this one; it depends on none of ours.
@@ -11,6 +11,7 @@
 pub mod cron;
 pub mod error;
 pub mod event;
+pub mod limits;
 pub mod machine;
 mod machine_rules;
 pub mod model;

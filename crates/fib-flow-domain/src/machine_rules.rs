@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::cron::CronSchedule;
 use crate::error::DomainError;
 use crate::event::{AttemptChange, AttemptClose, EventType, NewAttempt, NewEvent};
+use crate::limits;
 use crate::machine::{ChildSettlement, Command, ExpiryKind, Guard, ParentEffect, Transition};
 use crate::model::{AttemptOutcome, ChildFailurePolicy, RetryBackoff, Task, TaskStatus, TaskType};
 
@@ -34,7 +35,15 @@ pub(crate) fn apply(
         Command::Claim { worker_id } => step.claim(name, worker_id)?,
         Command::Complete { attempt, result } => {
             step.fence(attempt)?;
-            step.complete(result)?;
+            // A result that could not be read back (too deep) or written (too large) must not
+            // be stored: the attempt fails with the reason instead, like any handler error, so
+            // it is never silently corrupted or left running.
+            match limits::check_json("result", &result, limits::MAX_JSON_DEPTH) {
+                Ok(()) => step.complete(result)?,
+                Err(error) => {
+                    step.fail(format!("Task result not stored: {error}"), false, None, 0.0)
+                }
+            }
         }
         Command::Fail {
             attempt,
@@ -511,6 +520,9 @@ impl<'a> Step<'a> {
                 reason: "next() needs at least one child".to_owned(),
             });
         }
+        if let Some(context) = &context {
+            limits::check_bytes("next.context", context)?;
+        }
         if child_names.len() != child_ids.len() {
             return Err(DomainError::InvalidOption {
                 field: "children",
@@ -576,6 +588,14 @@ impl<'a> Step<'a> {
                 field: "suspension.reason",
                 reason: "must be a non-empty string after trimming".to_owned(),
             });
+        }
+        limits::check_len("suspension.reason", reason, limits::MAX_NAME_BYTES)?;
+        if let Some(metadata) = &metadata {
+            // One level less: the metadata is also stored inside the event's metadata object.
+            limits::check_json("suspension.metadata", metadata, limits::MAX_JSON_DEPTH - 1)?;
+        }
+        if let Some(context) = &context {
+            limits::check_bytes("suspension.context", context)?;
         }
         self.leave_running(TaskStatus::Suspended);
         self.task.suspend_reason = Some(reason.to_owned());

@@ -424,6 +424,24 @@ pub struct NewTask {
     pub created_at: DateTime<Utc>,
 }
 
+impl NewTask {
+    /// Checks what the database would otherwise check differently per backend (or not at all):
+    /// the name (non-empty, at most [`crate::limits::MAX_NAME_BYTES`]), the tag (same, when
+    /// given), the cron expression's length, and that the payload can be stored and read back
+    /// ([`crate::limits::check_json`]). The first problem is returned, naming the field.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        use crate::limits::{MAX_JSON_DEPTH, MAX_NAME_BYTES, check_json, check_len, check_name};
+        check_name("name", &self.name)?;
+        if let Some(tag) = &self.tag {
+            check_name("tag", tag)?;
+        }
+        if let Some(expr) = &self.cron_expr {
+            check_len("cron_expr", expr, MAX_NAME_BYTES)?;
+        }
+        check_json("payload", &self.payload, MAX_JSON_DEPTH)
+    }
+}
+
 /// A child task requested by a handler through `next`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChildSpec {

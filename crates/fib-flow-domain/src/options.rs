@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::DomainError;
+use crate::limits;
 use crate::model::{RetryBackoff, TaskStatus};
 use crate::serde_units;
 
@@ -106,6 +107,24 @@ impl Default for ManagerOptions {
     }
 }
 
+/// The shortest per-attempt time limit: storage keeps whole milliseconds, and a shorter limit
+/// was stored as 0 ms, which timed the task out at once.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// Rejects a per-attempt limit below [`MIN_TIMEOUT`] (zero included). Fractions of a
+/// millisecond above it are rounded up when stored ([`crate::time::duration_millis`]).
+fn check_timeout(timeout: Option<Duration>) -> Result<(), DomainError> {
+    match timeout {
+        Some(timeout) if timeout < MIN_TIMEOUT => Err(invalid(
+            "timeout",
+            format!(
+                "must be at least 1 ms (the storage resolution), or None for no limit; got {timeout:?}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
     DomainError::InvalidOption {
         field,
@@ -157,21 +176,14 @@ impl ManagerOptions {
                 "must be greater than worker_heartbeat_interval",
             ));
         }
-        if self.timeout.is_some_and(|timeout| timeout.is_zero()) {
-            return Err(invalid(
-                "timeout",
-                "must be greater than zero, or null for no limit",
-            ));
+        check_timeout(self.timeout)?;
+        // Checked here, before `start()`: the ids are written into VARCHAR(255) columns by
+        // every claim, so a longer one would make every claim fail on PostgreSQL and MySQL.
+        if let Some(worker_id) = &self.worker_id {
+            limits::check_name("worker_id", worker_id)?;
         }
-        if let Some(worker_id) = &self.worker_id
-            && worker_id.trim().is_empty()
-        {
-            return Err(invalid("worker_id", "must not be empty"));
-        }
-        if let Some(pod_id) = &self.pod_id
-            && pod_id.trim().is_empty()
-        {
-            return Err(invalid("pod_id", "must not be empty"));
+        if let Some(pod_id) = &self.pod_id {
+            limits::check_name("pod_id", pod_id)?;
         }
         if self.retention_interval.is_zero() {
             return Err(invalid("retention_interval", "must be greater than zero"));
@@ -337,11 +349,8 @@ impl HandlerOptions {
                 "must be at least 1 when given",
             ));
         }
-        if matches!(self.timeout, Some(Some(timeout)) if timeout.is_zero()) {
-            return Err(invalid(
-                "timeout",
-                "must be greater than zero, or None for no limit",
-            ));
+        if let Some(timeout) = self.timeout {
+            check_timeout(timeout)?;
         }
         Ok(())
     }
@@ -446,12 +455,7 @@ pub fn resolve(
         .timeout
         .or(handler.timeout)
         .unwrap_or(global.timeout);
-    if timeout.is_some_and(|timeout| timeout.is_zero()) {
-        return Err(invalid(
-            "timeout",
-            "must be greater than zero, or None for no limit",
-        ));
-    }
+    check_timeout(timeout)?;
     let max_retries = instance
         .max_retries
         .or(handler.max_retries)

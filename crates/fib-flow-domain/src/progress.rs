@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::error::DomainError;
 use crate::event::{EventType, NewEvent};
+use crate::limits;
 use crate::model::{TaskId, TaskStatus};
 
 fn trimmed(field: &'static str, value: &str) -> Result<String, DomainError> {
@@ -23,7 +24,16 @@ fn trimmed(field: &'static str, value: &str) -> Result<String, DomainError> {
 fn object(field: &'static str, value: Option<Value>) -> Result<Map<String, Value>, DomainError> {
     match value {
         None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(map)) => Ok(map),
+        Some(Value::Object(map)) => {
+            // The user's keys become the event metadata object's keys: same depth, so the
+            // whole limit applies.
+            let value = Value::Object(map);
+            limits::check_json(field, &value, limits::MAX_JSON_DEPTH)?;
+            Ok(match value {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            })
+        }
         Some(_) => Err(DomainError::InvalidOption {
             field,
             reason: "must be a JSON object".into(),
@@ -209,6 +219,10 @@ pub fn progress_record(
         .as_deref()
         .map(|value| trimmed("progress.stage_name", value))
         .transpose()?;
+    if let Some(stage_name) = &stage_name {
+        // Stored in the VARCHAR(255) `current_stage_name` column.
+        limits::check_len("progress.stage_name", stage_name, limits::MAX_NAME_BYTES)?;
+    }
     let progress_text = progress
         .progress_text
         .as_deref()

@@ -39,9 +39,16 @@ pub fn sub(instant: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// A duration in milliseconds, saturating at `i64::MAX`.
+/// A duration in whole milliseconds, rounded up (so a stored limit or delay is never shorter
+/// than the one asked for), saturating at `i64::MAX`.
 pub fn duration_millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+    let millis = duration.as_millis();
+    let rounded = if duration.subsec_nanos().is_multiple_of(1_000_000) {
+        millis
+    } else {
+        millis.saturating_add(1)
+    };
+    i64::try_from(rounded).unwrap_or(i64::MAX)
 }
 
 /// A non-negative millisecond count as a duration (negative counts become zero).

@@ -49,6 +49,60 @@ pub enum PortError {
     /// The store was misconfigured (bad URL, failed migration).
     #[error("storage configuration: {0}")]
     Config(String),
+    /// Connecting failed for a reason retrying cannot fix (bad credentials, unknown database,
+    /// malformed URL, unopenable file). Permanent: [`PortError::is_transient`] is false.
+    #[error("{backend}: cannot connect ({kind}): {message}")]
+    Connect {
+        /// Backend name.
+        backend: &'static str,
+        /// What is wrong.
+        kind: ConnectErrorKind,
+        /// The driver's explanation (with its causes).
+        message: String,
+        /// The driver's error, when it is available as a value.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+    /// The database was migrated by a newer fib-flow: its schema has migrations this build
+    /// does not know, so this build cannot safely read or write it.
+    #[error(
+        "{backend}: the database schema is newer than this build: it has migration {database_version}, this build knows migrations up to {supported_version}; upgrade fib-flow"
+    )]
+    SchemaTooNew {
+        /// Backend name.
+        backend: &'static str,
+        /// The newest applied migration this build does not know.
+        database_version: String,
+        /// The newest migration embedded in this build.
+        supported_version: String,
+    },
+}
+
+/// Why a connection could not be made (see [`PortError::Connect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectErrorKind {
+    /// The URL does not parse or names an unusable option.
+    InvalidUrl,
+    /// The server refused the credentials.
+    Authentication,
+    /// The database named in the URL does not exist.
+    UnknownDatabase,
+    /// The SQLite file (or its directory) cannot be opened or created.
+    Unopenable,
+    /// Any other refusal by the server that a retry will not change.
+    Refused,
+}
+
+impl std::fmt::Display for ConnectErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectErrorKind::InvalidUrl => "invalid URL",
+            ConnectErrorKind::Authentication => "authentication failed",
+            ConnectErrorKind::UnknownDatabase => "unknown database",
+            ConnectErrorKind::Unopenable => "cannot open the database file",
+            ConnectErrorKind::Refused => "refused",
+        })
+    }
 }
 
 impl PortError {

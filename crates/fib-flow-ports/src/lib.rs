@@ -14,7 +14,7 @@ mod handle;
 mod store;
 
 pub use clock::Clock;
-pub use error::PortError;
+pub use error::{ConnectErrorKind, PortError};
 pub use handle::{
     HandlerError, HandlerResult, Outcome, Spawn, Suspension, TaskHandle, TaskHandler,
 };

@@ -282,18 +282,25 @@ impl Engine {
     /// Registers a closure with the global defaults (the reference's function form).
     /// Replacing a handler keeps running attempts on the old one and keeps its per-type
     /// running count. Wakes the claim loop; never un-pauses it.
-    pub fn register<F, Fut, O, E>(&self, name: impl Into<String>, handler: F)
+    ///
+    /// Errors: [`RuntimeError::InvalidInput`] for an empty name or one longer than
+    /// [`fib_flow_domain::limits::MAX_NAME_BYTES`] bytes (no task of that name could be stored).
+    pub fn register<F, Fut, O, E>(
+        &self,
+        name: impl Into<String>,
+        handler: F,
+    ) -> Result<(), RuntimeError>
     where
         F: Fn(TaskHandle) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send + 'static,
         O: Into<Outcome>,
         E: Into<HandlerError>,
     {
-        self.insert(
-            name.into(),
+        self.register_handler(
+            name,
             Arc::new(FnHandler(handler)),
             HandlerOptions::default(),
-        );
+        )
     }
 
     /// Registers a closure with its own defaults (the reference's object form); the options
@@ -313,15 +320,17 @@ impl Engine {
         self.register_handler(name, Arc::new(FnHandler(handler)), options)
     }
 
-    /// Registers a handler object with its defaults; the options are validated.
+    /// Registers a handler object with its defaults; the name and the options are validated.
     pub fn register_handler(
         &self,
         name: impl Into<String>,
         handler: Arc<dyn TaskHandler>,
         options: HandlerOptions,
     ) -> Result<(), RuntimeError> {
+        let name = name.into();
+        fib_flow_domain::limits::check_name("name", &name)?;
         options.validate()?;
-        self.insert(name.into(), handler, options);
+        self.insert(name, handler, options);
         Ok(())
     }
 
@@ -401,6 +410,7 @@ impl Engine {
         payload: Value,
         options: TaskOptions,
     ) -> Result<TaskId, RuntimeError> {
+        fib_flow_domain::limits::check_name("name", name)?;
         let entry = self.inner.registry.get(name).ok_or_else(|| unknown(name))?;
         if options.delay.is_some() {
             return Err(DomainError::InvalidOption {
@@ -433,6 +443,7 @@ impl Engine {
             parent_round: None,
             created_at: now,
         };
+        task.validate()?;
         let ids = self.inner.store.insert_tasks(vec![task]).await?;
         self.inner.wake.notify_one();
         ids.into_iter().next().ok_or_else(|| {
@@ -665,6 +676,9 @@ impl Inner {
         options: &TaskOptions,
         now: DateTime<Utc>,
     ) -> Result<NewTask, RuntimeError> {
+        // Before the registry: an empty or over-long name is invalid input, not an unknown
+        // handler.
+        fib_flow_domain::limits::check_name("name", name)?;
         let entry = self.registry.get(name).ok_or_else(|| unknown(name))?;
         if options.timezone.is_some() {
             return Err(DomainError::InvalidOption {
@@ -674,7 +688,7 @@ impl Inner {
             .into());
         }
         let resolved = options::resolve(&self.defaults, &entry.options, options)?;
-        Ok(NewTask {
+        let task = NewTask {
             name: name.to_owned(),
             task_type: TaskType::Async,
             priority: resolved.priority,
@@ -691,7 +705,9 @@ impl Inner {
             parent_id: None,
             parent_round: None,
             created_at: now,
-        })
+        };
+        task.validate()?;
+        Ok(task)
     }
 
     /// Fires the token of every local attempt of `id`.

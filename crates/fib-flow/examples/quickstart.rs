@@ -30,7 +30,7 @@ async fn main() -> Result<(), fib_flow::Error> {
         task.progress(Progress::text("adding").with_percent(50.0))
             .await?;
         Ok::<fib_flow::Outcome, HandlerError>(json!({ "sum": a + b }).into())
-    });
+    })?;
     manager.register_with(
         "flaky",
         |task: TaskHandle| async move {
@@ -46,7 +46,7 @@ async fn main() -> Result<(), fib_flow::Error> {
     )?;
     manager.register("always_fails", |_task: TaskHandle| async move {
         Err::<fib_flow::Outcome, HandlerError>("this handler always fails".into())
-    });
+    })?;
 
     let ids = vec![
         manager

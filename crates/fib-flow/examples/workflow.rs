@@ -20,7 +20,7 @@ async fn main() -> Result<(), fib_flow::Error> {
     manager.register("thumbnail", |task: TaskHandle| async move {
         let width = task.payload()["width"].as_u64().unwrap_or(0);
         Ok::<Outcome, HandlerError>(json!({ "width": width, "bytes": width * 10 }).into())
-    });
+    })?;
 
     manager.register("publish_album", |task: TaskHandle| async move {
         match task.stage() {
@@ -54,7 +54,7 @@ async fn main() -> Result<(), fib_flow::Error> {
                 Ok(json!({ "published": album, "stage": task.stage() }).into())
             }
         }
-    });
+    })?;
 
     let album = manager
         .enqueue("publish_album", json!({}), TaskOptions::default())

@@ -22,5 +22,21 @@ pub enum Error {
     Store(#[from] PortError),
 }
 
+impl Error {
+    /// Whether retrying the same call may succeed: only transient storage faults (a lost or
+    /// refused connection, a pool timeout, a deadlock, a serialization failure). Invalid input,
+    /// configuration and authentication errors, a too-new schema and size limits are permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Invalid(_) => false,
+            Error::Runtime(RuntimeError::Store(error)) | Error::Store(error) => {
+                error.is_transient()
+            }
+            Error::Runtime(_) => false,
+            Error::Audit(error) => error.is_transient(),
+        }
+    }
+}
+
 /// `Result` with the facade's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -16,7 +16,7 @@
 //! manager.register("greet", |task: fib_flow::TaskHandle| async move {
 //!     let who = task.payload()["who"].as_str().unwrap_or("world").to_owned();
 //!     Ok::<fib_flow::Outcome, fib_flow::HandlerError>(json!({ "greeting": format!("hello {who}") }).into())
-//! });
+//! })?;
 //! let id = manager.enqueue("greet", json!({ "who": "rust" }), TaskOptions::default()).await?;
 //! manager.start().await?;
 //! let task = manager.wait_for_status(id, &[TaskStatus::Completed], std::time::Duration::from_secs(10)).await?;
@@ -54,8 +54,8 @@ pub use fib_flow_domain::{
     TaskAttempt, TaskEvent, TaskId, TaskOptions, TaskStatus, TaskType,
 };
 pub use fib_flow_ports::{
-    Clock, HandlerError, HandlerResult, Outcome, PortError, RetentionReport, Spawn, Suspension,
-    TaskHandle, TaskHandler, TaskStore,
+    Clock, ConnectErrorKind, HandlerError, HandlerResult, Outcome, PortError, RetentionReport,
+    Spawn, Suspension, TaskHandle, TaskHandler, TaskStore,
 };
 pub use fib_flow_runtime::clock::{ManualClock, SystemClock};
 pub use fib_flow_runtime::{ManagerState, RuntimeError, SweepReport, TaskInfo};

@@ -146,14 +146,17 @@ impl TaskManager {
 
     /// Registers a handler with the global defaults (the reference's function form).
     /// Replacing a handler keeps running attempts on the old one.
-    pub fn register<F, Fut, O, E>(&self, name: impl Into<String>, handler: F)
+    ///
+    /// Errors: the name is empty or longer than 255 bytes (no task of that name could be
+    /// stored on PostgreSQL or MySQL; SQLite is held to the same limit).
+    pub fn register<F, Fut, O, E>(&self, name: impl Into<String>, handler: F) -> Result<()>
     where
         F: Fn(TaskHandle) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<O, E>> + Send + 'static,
         O: Into<Outcome>,
         E: Into<HandlerError>,
     {
-        self.engine.register(name, handler);
+        Ok(self.engine.register(name, handler)?)
     }
 
     /// Registers a handler with its own defaults (the reference's object form).

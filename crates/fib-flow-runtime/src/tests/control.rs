@@ -17,27 +17,31 @@ async fn stop_drains_in_flight_results_then_releases_the_rest() {
     let finish = Arc::new(Semaphore::new(0));
     let gate = finish.clone();
     let r = rec.clone();
-    engine.register("finishes", move |task: TaskHandle| {
-        let (gate, rec) = (gate.clone(), r.clone());
-        async move {
-            rec.push(Ev::Started(task.id()));
-            gate.acquire()
-                .await
-                .map_err(|error| error.to_string())?
-                .forget();
-            Ok::<Outcome, HandlerError>(json!("kept").into())
-        }
-    });
+    engine
+        .register("finishes", move |task: TaskHandle| {
+            let (gate, rec) = (gate.clone(), r.clone());
+            async move {
+                rec.push(Ev::Started(task.id()));
+                gate.acquire()
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .forget();
+                Ok::<Outcome, HandlerError>(json!("kept").into())
+            }
+        })
+        .expect("register");
     let r = rec.clone();
-    engine.register("stuck", move |task: TaskHandle| {
-        let rec = r.clone();
-        async move {
-            let _flag = DropFlag(rec.clone(), task.id());
-            rec.push(Ev::Started(task.id()));
-            std::future::pending::<()>().await;
-            Ok::<Outcome, HandlerError>(json!(null).into())
-        }
-    });
+    engine
+        .register("stuck", move |task: TaskHandle| {
+            let rec = r.clone();
+            async move {
+                let _flag = DropFlag(rec.clone(), task.id());
+                rec.push(Ev::Started(task.id()));
+                std::future::pending::<()>().await;
+                Ok::<Outcome, HandlerError>(json!(null).into())
+            }
+        })
+        .expect("register");
     rec.script_claim(Ok(vec![
         running_task(1, "finishes", 1, t0()),
         running_task(2, "stuck", 4, t0()),
@@ -115,9 +119,11 @@ async fn stop_drains_in_flight_results_then_releases_the_rest() {
 #[tokio::test]
 async fn stop_without_in_flight_work_returns_at_once() {
     let (engine, rec, _clock) = engine();
-    engine.register("echo", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!(1))
-    });
+    engine
+        .register("echo", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!(1))
+        })
+        .expect("register");
     engine.start().await.unwrap();
     engine.start().await.unwrap();
     assert_eq!(
@@ -160,15 +166,17 @@ async fn stop_on_a_never_started_engine_only_changes_the_state() {
 async fn cancel_task_fires_the_running_handlers_token() {
     let (engine, rec, _clock) = engine();
     let r = rec.clone();
-    engine.register("waits", move |task: TaskHandle| {
-        let rec = r.clone();
-        async move {
-            rec.push(Ev::Started(task.id()));
-            task.cancellation().cancelled().await;
-            rec.push(Ev::Started(TaskId(-task.id().0)));
-            Ok::<Outcome, HandlerError>(json!("ignored").into())
-        }
-    });
+    engine
+        .register("waits", move |task: TaskHandle| {
+            let rec = r.clone();
+            async move {
+                rec.push(Ev::Started(task.id()));
+                task.cancellation().cancelled().await;
+                rec.push(Ev::Started(TaskId(-task.id().0)));
+                Ok::<Outcome, HandlerError>(json!("ignored").into())
+            }
+        })
+        .expect("register");
     rec.script_claim(Ok(vec![running_task(7, "waits", 1, t0())]));
     engine.start().await.unwrap();
     rec.wait("running", |log| log.contains(&Ev::Started(TaskId(7))))
@@ -201,15 +209,17 @@ async fn cancel_task_fires_the_running_handlers_token() {
 async fn pause_task_of_a_running_attempt_drops_an_uncooperative_handler_after_the_grace() {
     let (engine, rec, clock) = engine();
     let r = rec.clone();
-    engine.register("stubborn", move |task: TaskHandle| {
-        let rec = r.clone();
-        async move {
-            let _flag = DropFlag(rec.clone(), task.id());
-            rec.push(Ev::Started(task.id()));
-            std::future::pending::<()>().await;
-            Ok::<Outcome, HandlerError>(json!(null).into())
-        }
-    });
+    engine
+        .register("stubborn", move |task: TaskHandle| {
+            let rec = r.clone();
+            async move {
+                let _flag = DropFlag(rec.clone(), task.id());
+                rec.push(Ev::Started(task.id()));
+                std::future::pending::<()>().await;
+                Ok::<Outcome, HandlerError>(json!(null).into())
+            }
+        })
+        .expect("register");
     rec.script_claim(Ok(vec![running_task(3, "stubborn", 1, t0())]));
     engine.start().await.unwrap();
     rec.wait("running", |log| log.contains(&Ev::Started(TaskId(3))))
@@ -329,11 +339,13 @@ async fn domain_rejections_surface_as_invalid_input() {
 #[tokio::test]
 async fn a_handler_cancelling_its_own_token_does_not_cancel_the_attempt() {
     let (engine, rec, _clock) = engine();
-    engine.register("self_cancel", |task: TaskHandle| async move {
-        task.cancellation().cancel();
-        tokio::task::yield_now().await;
-        Ok::<_, HandlerError>(json!("still recorded"))
-    });
+    engine
+        .register("self_cancel", |task: TaskHandle| async move {
+            task.cancellation().cancel();
+            tokio::task::yield_now().await;
+            Ok::<_, HandlerError>(json!("still recorded"))
+        })
+        .expect("register");
     rec.script_claim(Ok(vec![running_task(1, "self_cancel", 1, t0())]));
     engine.start().await.unwrap();
     rec.wait_count("the completion", 1, |event| matches!(event, Ev::Apply(..)))
@@ -345,9 +357,11 @@ async fn a_handler_cancelling_its_own_token_does_not_cancel_the_attempt() {
 #[tokio::test]
 async fn resume_task_wakes_the_claim_loop() {
     let (engine, rec, _clock) = engine();
-    engine.register("echo", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!(1))
-    });
+    engine
+        .register("echo", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!(1))
+        })
+        .expect("register");
     let mut paused = running_task(2, "echo", 1, t0());
     paused.status = TaskStatus::Paused;
     rec.tasks.lock().unwrap().insert(TaskId(2), paused);
@@ -367,9 +381,11 @@ async fn resume_task_wakes_the_claim_loop() {
 #[tokio::test]
 async fn dropping_the_last_engine_clone_ends_the_loops() {
     let (engine, rec, clock) = engine();
-    engine.register("echo", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!(1))
-    });
+    engine
+        .register("echo", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!(1))
+        })
+        .expect("register");
     engine.start().await.unwrap();
     let clone = engine.clone();
     rec.wait_count("the first claim", 1, |event| matches!(event, Ev::Claim(_)))

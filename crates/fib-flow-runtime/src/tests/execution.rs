@@ -23,9 +23,13 @@ async fn run_claimed(engine: &Engine, rec: &Arc<Rec>, tasks: Vec<Task>, applies:
 #[tokio::test]
 async fn completion_writes_complete_with_the_result() {
     let (engine, rec, _clock) = engine();
-    engine.register("echo", |task: TaskHandle| async move {
-        Ok::<_, HandlerError>(json!({ "got": task.payload().clone(), "attempt": task.attempt() }))
-    });
+    engine
+        .register("echo", |task: TaskHandle| async move {
+            Ok::<_, HandlerError>(
+                json!({ "got": task.payload().clone(), "attempt": task.attempt() }),
+            )
+        })
+        .expect("register");
     let mut task = running_task(1, "echo", 2, t0());
     task.payload = json!(5);
     run_claimed(&engine, &rec, vec![task], 1).await;
@@ -45,9 +49,11 @@ async fn completion_writes_complete_with_the_result() {
 #[tokio::test]
 async fn handler_error_writes_fail_not_timed_out_with_jitter() {
     let (engine, rec, _clock) = engine();
-    engine.register("boom", |_task: TaskHandle| async move {
-        Err::<Outcome, _>("Task failed")
-    });
+    engine
+        .register("boom", |_task: TaskHandle| async move {
+            Err::<Outcome, _>("Task failed")
+        })
+        .expect("register");
     run_claimed(&engine, &rec, vec![running_task(1, "boom", 1, t0())], 1).await;
     match &rec.applies_to(1)[..] {
         [
@@ -73,15 +79,17 @@ async fn handler_error_writes_fail_not_timed_out_with_jitter() {
 async fn error_after_check_timeout_is_a_timed_out_failure() {
     let (engine, rec, clock) = engine();
     let handler_clock = clock.clone();
-    engine.register("slow", move |task: TaskHandle| {
-        let clock = handler_clock.clone();
-        async move {
-            // The handler overruns its deadline and notices through check_timeout.
-            clock.advance(Duration::from_secs(11));
-            task.check_timeout()?;
-            Ok::<Outcome, HandlerError>(json!("unreachable").into())
-        }
-    });
+    engine
+        .register("slow", move |task: TaskHandle| {
+            let clock = handler_clock.clone();
+            async move {
+                // The handler overruns its deadline and notices through check_timeout.
+                clock.advance(Duration::from_secs(11));
+                task.check_timeout()?;
+                Ok::<Outcome, HandlerError>(json!("unreachable").into())
+            }
+        })
+        .expect("register");
     let mut task = running_task(1, "slow", 1, t0());
     task.deadline = Some(t0() + chrono::TimeDelta::seconds(10));
     run_claimed(&engine, &rec, vec![task], 1).await;
@@ -104,15 +112,17 @@ async fn error_after_check_timeout_is_a_timed_out_failure() {
 async fn deadline_cancels_a_hung_handler_and_writes_a_timeout() {
     let (engine, rec, clock) = engine();
     let r = rec.clone();
-    engine.register("hangs", move |task: TaskHandle| {
-        let rec = r.clone();
-        async move {
-            let _flag = DropFlag(rec.clone(), task.id());
-            rec.push(Ev::Started(task.id()));
-            std::future::pending::<()>().await;
-            Ok::<Outcome, HandlerError>(json!(null).into())
-        }
-    });
+    engine
+        .register("hangs", move |task: TaskHandle| {
+            let rec = r.clone();
+            async move {
+                let _flag = DropFlag(rec.clone(), task.id());
+                rec.push(Ev::Started(task.id()));
+                std::future::pending::<()>().await;
+                Ok::<Outcome, HandlerError>(json!(null).into())
+            }
+        })
+        .expect("register");
     let mut task = running_task(1, "hangs", 1, t0());
     task.deadline = Some(t0() + chrono::TimeDelta::seconds(10));
     rec.script_claim(Ok(vec![task]));
@@ -150,15 +160,19 @@ async fn deadline_cancels_a_hung_handler_and_writes_a_timeout() {
 #[tokio::test]
 async fn panic_is_a_failed_attempt_and_the_worker_keeps_going() {
     let (engine, rec, _clock) = engine();
-    engine.register("panics", |_task: TaskHandle| async move {
-        if true {
-            panic!("handler exploded");
-        }
-        Ok::<Outcome, HandlerError>(json!(null).into())
-    });
-    engine.register("echo", |_task: TaskHandle| async move {
-        Ok::<_, HandlerError>(json!("fine"))
-    });
+    engine
+        .register("panics", |_task: TaskHandle| async move {
+            if true {
+                panic!("handler exploded");
+            }
+            Ok::<Outcome, HandlerError>(json!(null).into())
+        })
+        .expect("register");
+    engine
+        .register("echo", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!("fine"))
+        })
+        .expect("register");
     rec.script_claim(Ok(vec![running_task(1, "panics", 1, t0())]));
     rec.script_claim(Ok(vec![running_task(2, "echo", 1, t0())]));
     engine.start().await.unwrap();
@@ -183,20 +197,24 @@ async fn panic_is_a_failed_attempt_and_the_worker_keeps_going() {
 #[tokio::test]
 async fn spawn_validation_failures_use_the_reference_messages() {
     let (engine, rec, _clock) = engine();
-    engine.register("child", |_task: TaskHandle| async move {
-        Ok::<_, HandlerError>(json!(null))
-    });
-    engine.register("parent", |task: TaskHandle| async move {
-        let children = match task.id().0 {
-            1 => vec![],
-            2 => vec![
-                ChildSpec::new("child", json!(1)),
-                ChildSpec::new("ghost", json!(2)),
-            ],
-            _ => vec![ChildSpec::new("  ", json!(3))],
-        };
-        Ok::<_, HandlerError>(task.next(children))
-    });
+    engine
+        .register("child", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .expect("register");
+    engine
+        .register("parent", |task: TaskHandle| async move {
+            let children = match task.id().0 {
+                1 => vec![],
+                2 => vec![
+                    ChildSpec::new("child", json!(1)),
+                    ChildSpec::new("ghost", json!(2)),
+                ],
+                _ => vec![ChildSpec::new("  ", json!(3))],
+            };
+            Ok::<_, HandlerError>(task.next(children))
+        })
+        .expect("register");
     let tasks = (1..=3)
         .map(|id| running_task(id, "parent", 1, t0()))
         .collect();
@@ -240,21 +258,25 @@ async fn spawn_resolves_child_options_spec_then_child_handler_then_parent_and_gl
             },
         )
         .unwrap();
-    engine.register("plain", |_task: TaskHandle| async move {
-        Ok::<_, HandlerError>(json!(null))
-    });
-    engine.register("parent", |_task: TaskHandle| async move {
-        let overriding = ChildSpec {
-            timeout: Some(Some(Duration::from_secs(5))),
-            tag: Some("t".into()),
-            delay: Some(Duration::from_secs(30)),
-            ..ChildSpec::new("configured", json!("a"))
-        };
-        let spawn = Spawn::new(vec![overriding, ChildSpec::new("plain", json!("b"))])
-            .context(b"ctx".to_vec())
-            .fail_on_child_failure();
-        Ok::<_, HandlerError>(spawn)
-    });
+    engine
+        .register("plain", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .expect("register");
+    engine
+        .register("parent", |_task: TaskHandle| async move {
+            let overriding = ChildSpec {
+                timeout: Some(Some(Duration::from_secs(5))),
+                tag: Some("t".into()),
+                delay: Some(Duration::from_secs(30)),
+                ..ChildSpec::new("configured", json!("a"))
+            };
+            let spawn = Spawn::new(vec![overriding, ChildSpec::new("plain", json!("b"))])
+                .context(b"ctx".to_vec())
+                .fail_on_child_failure();
+            Ok::<_, HandlerError>(spawn)
+        })
+        .expect("register");
     let mut parent = running_task(10, "parent", 3, t0());
     parent.priority = 3;
     parent.stage = 2;
@@ -325,12 +347,16 @@ async fn spawn_resolves_child_options_spec_then_child_handler_then_parent_and_gl
 #[tokio::test]
 async fn root_parent_is_the_root_of_its_children() {
     let (engine, rec, _clock) = engine();
-    engine.register("child", |_task: TaskHandle| async move {
-        Ok::<_, HandlerError>(json!(null))
-    });
-    engine.register("parent", |task: TaskHandle| async move {
-        Ok::<_, HandlerError>(task.next(vec![ChildSpec::new("child", json!(null))]))
-    });
+    engine
+        .register("child", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .expect("register");
+    engine
+        .register("parent", |task: TaskHandle| async move {
+            Ok::<_, HandlerError>(task.next(vec![ChildSpec::new("child", json!(null))]))
+        })
+        .expect("register");
     rec.script_claim(Ok(vec![running_task(4, "parent", 1, t0())]));
     engine.start().await.unwrap();
     rec.wait("spawn", |log| {
@@ -348,15 +374,21 @@ async fn root_parent_is_the_root_of_its_children() {
 #[tokio::test]
 async fn rejected_spawn_and_suspension_become_failures_with_the_domain_message() {
     let (engine, rec, _clock) = engine();
-    engine.register("child", |_task: TaskHandle| async move {
-        Ok::<_, HandlerError>(json!(null))
-    });
-    engine.register("spawns", |task: TaskHandle| async move {
-        Ok::<_, HandlerError>(task.next(vec![ChildSpec::new("child", json!(null))]))
-    });
-    engine.register("suspends", |task: TaskHandle| async move {
-        Ok::<_, HandlerError>(task.suspend("   "))
-    });
+    engine
+        .register("child", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .expect("register");
+    engine
+        .register("spawns", |task: TaskHandle| async move {
+            Ok::<_, HandlerError>(task.next(vec![ChildSpec::new("child", json!(null))]))
+        })
+        .expect("register");
+    engine
+        .register("suspends", |task: TaskHandle| async move {
+            Ok::<_, HandlerError>(task.suspend("   "))
+        })
+        .expect("register");
     let rejection = || {
         PortError::Rejected(DomainError::InvalidOption {
             field: "suspend_reason",
@@ -398,13 +430,15 @@ async fn rejected_spawn_and_suspension_become_failures_with_the_domain_message()
 #[tokio::test]
 async fn suspension_is_written_with_reason_metadata_and_context() {
     let (engine, rec, _clock) = engine();
-    engine.register("approval", |_task: TaskHandle| async move {
-        Ok::<_, HandlerError>(
-            Suspension::new("awaiting_approval")
-                .metadata(json!({ "by": "ops" }))
-                .context(b"snap".to_vec()),
-        )
-    });
+    engine
+        .register("approval", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(
+                Suspension::new("awaiting_approval")
+                    .metadata(json!({ "by": "ops" }))
+                    .context(b"snap".to_vec()),
+            )
+        })
+        .expect("register");
     run_claimed(&engine, &rec, vec![running_task(1, "approval", 2, t0())], 1).await;
     assert_eq!(
         rec.applies_to(1),
@@ -443,9 +477,11 @@ async fn stale_outcome_write_is_logged_and_dropped() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let (engine, rec, _clock) = engine();
-    engine.register("late", |_task: TaskHandle| async move {
-        Ok::<_, HandlerError>(json!("late"))
-    });
+    engine
+        .register("late", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!("late"))
+        })
+        .expect("register");
     rec.apply_results
         .lock()
         .unwrap()
@@ -472,9 +508,11 @@ async fn stale_outcome_write_is_logged_and_dropped() {
 #[tokio::test]
 async fn transient_outcome_write_is_retried_with_backoff() {
     let (engine, rec, clock) = engine();
-    engine.register("ok", |_task: TaskHandle| async move {
-        Ok::<_, HandlerError>(json!(1))
-    });
+    engine
+        .register("ok", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!(1))
+        })
+        .expect("register");
     rec.apply_results
         .lock()
         .unwrap()
@@ -505,9 +543,11 @@ async fn transient_outcome_write_is_retried_with_backoff() {
 #[tokio::test]
 async fn missing_handler_at_execution_start_releases_the_task() {
     let (engine, rec, _clock) = engine();
-    engine.register("known", |_task: TaskHandle| async move {
-        Ok::<_, HandlerError>(json!(null))
-    });
+    engine
+        .register("known", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .expect("register");
     run_claimed(&engine, &rec, vec![running_task(1, "gone", 2, t0())], 1).await;
     assert_eq!(
         rec.applies_to(1),
@@ -529,14 +569,16 @@ async fn a_resumed_parent_receives_the_previous_rounds_child_results() {
         result: Some(json!(42)),
         error: None,
     }];
-    engine.register("parent", |task: TaskHandle| async move {
-        let results: Vec<_> = task
-            .child_results()
-            .iter()
-            .map(|child| child.result.clone())
-            .collect();
-        Ok::<_, HandlerError>(json!({ "stage": task.stage(), "results": results }))
-    });
+    engine
+        .register("parent", |task: TaskHandle| async move {
+            let results: Vec<_> = task
+                .child_results()
+                .iter()
+                .map(|child| child.result.clone())
+                .collect();
+            Ok::<_, HandlerError>(json!({ "stage": task.stage(), "results": results }))
+        })
+        .expect("register");
     let mut parent = running_task(10, "parent", 2, t0());
     parent.stage = 1;
     parent.total_children = 1;

@@ -11,15 +11,17 @@ use super::*;
 /// Registers `name` with a handler that reports its start and never returns.
 fn register_hanging(engine: &Engine, rec: &Arc<Rec>, name: &str) {
     let r = rec.clone();
-    engine.register(name.to_owned(), move |task: TaskHandle| {
-        let rec = r.clone();
-        async move {
-            let _flag = DropFlag(rec.clone(), task.id());
-            rec.push(Ev::Started(task.id()));
-            std::future::pending::<()>().await;
-            Ok::<Outcome, HandlerError>(json!(null).into())
-        }
-    });
+    engine
+        .register(name.to_owned(), move |task: TaskHandle| {
+            let rec = r.clone();
+            async move {
+                let _flag = DropFlag(rec.clone(), task.id());
+                rec.push(Ev::Started(task.id()));
+                std::future::pending::<()>().await;
+                Ok::<Outcome, HandlerError>(json!(null).into())
+            }
+        })
+        .expect("register");
 }
 
 fn report(tasks: u64) -> RetentionReport {

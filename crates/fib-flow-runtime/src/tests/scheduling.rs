@@ -69,7 +69,9 @@ async fn global_limit_caps_claims_and_running_handlers() {
     };
     let (engine, rec, clock) = engine_with(options);
     let (gate, active, peak) = counters();
-    engine.register("busy", gated(&rec, &gate, &active, &peak, "done"));
+    engine
+        .register("busy", gated(&rec, &gate, &active, &peak, "done"))
+        .expect("register");
     rec.script_claim(Ok(vec![
         running_task(1, "busy", 1, t0()),
         running_task(2, "busy", 1, t0()),
@@ -85,9 +87,11 @@ async fn global_limit_caps_claims_and_running_handlers() {
     // Full: time passes, wake-ups arrive, yet no claim is attempted.
     for _ in 0..5 {
         clock.advance(Duration::from_secs(1));
-        engine.register("other", |_t: TaskHandle| async {
-            Ok::<_, HandlerError>(json!(null))
-        });
+        engine
+            .register("other", |_t: TaskHandle| async {
+                Ok::<_, HandlerError>(json!(null))
+            })
+            .expect("register");
         settle().await;
     }
     assert_eq!(rec.claims().len(), 1, "no claim while every slot is taken");
@@ -116,9 +120,11 @@ async fn claim_batch_size_bounds_a_claim() {
         ..options()
     };
     let (engine, rec, _clock) = engine_with(options);
-    engine.register("a", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!(null))
-    });
+    engine
+        .register("a", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .expect("register");
     engine.start().await.unwrap();
     rec.wait("a claim", |log| {
         log.iter().any(|event| matches!(event, Ev::Claim(_)))
@@ -145,9 +151,11 @@ async fn per_type_limit_is_reflected_in_claim_names() {
             },
         )
         .unwrap();
-    engine.register("free", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!(null))
-    });
+    engine
+        .register("free", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .expect("register");
     rec.script_claim(Ok(vec![running_task(1, "limited", 1, t0())]));
     rec.script_claim(Ok(vec![running_task(2, "limited", 1, t0())]));
     engine.start().await.unwrap();
@@ -195,9 +203,11 @@ async fn per_type_count_survives_re_registration() {
             limit.clone(),
         )
         .unwrap();
-    engine.register("free", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!(null))
-    });
+    engine
+        .register("free", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .expect("register");
     rec.script_claim(Ok(vec![running_task(1, "one", 1, t0())]));
     engine.start().await.unwrap();
     rec.wait("v1 running", started(1)).await;
@@ -231,13 +241,17 @@ async fn per_type_count_survives_re_registration() {
 async fn hot_reload_keeps_the_running_attempt_on_its_handler() {
     let (engine, rec, _clock) = engine();
     let (gate, active, peak) = counters();
-    engine.register("versioned", gated(&rec, &gate, &active, &peak, "v1"));
+    engine
+        .register("versioned", gated(&rec, &gate, &active, &peak, "v1"))
+        .expect("register");
     rec.script_claim(Ok(vec![running_task(1, "versioned", 1, t0())]));
     engine.start().await.unwrap();
     rec.wait("v1 running", started(1)).await;
-    engine.register("versioned", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!("v2"))
-    });
+    engine
+        .register("versioned", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!("v2"))
+        })
+        .expect("register");
     gate.add_permits(1);
     rec.wait_count("first completion", 1, |event| {
         matches!(event, Ev::Apply(..))
@@ -260,7 +274,9 @@ async fn hot_reload_keeps_the_running_attempt_on_its_handler() {
     );
 
     // Unregistering does not interrupt a running attempt.
-    engine.register("versioned", gated(&rec, &gate, &active, &peak, "v3"));
+    engine
+        .register("versioned", gated(&rec, &gate, &active, &peak, "v3"))
+        .expect("register");
     rec.script_claim(Ok(vec![running_task(3, "versioned", 1, t0())]));
     rec.notify.notify_one();
     rec.wait("v3 running", started(2)).await;
@@ -279,16 +295,20 @@ async fn hot_reload_keeps_the_running_attempt_on_its_handler() {
 #[tokio::test]
 async fn paused_engine_claims_nothing_and_register_does_not_unpause() {
     let (engine, rec, clock) = engine();
-    engine.register("echo", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!(1))
-    });
+    engine
+        .register("echo", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!(1))
+        })
+        .expect("register");
     engine.pause();
     engine.start().await.unwrap();
     for _ in 0..3 {
         clock.advance(Duration::from_secs(2));
-        engine.register("another", |_t: TaskHandle| async {
-            Ok::<_, HandlerError>(json!(2))
-        });
+        engine
+            .register("another", |_t: TaskHandle| async {
+                Ok::<_, HandlerError>(json!(2))
+            })
+            .expect("register");
         assert_eq!(engine.unregister(&["another"]), 1);
         engine
             .enqueue("echo", json!({}), TaskOptions::default())
@@ -316,9 +336,11 @@ async fn paused_engine_claims_nothing_and_register_does_not_unpause() {
 #[tokio::test]
 async fn idle_loop_polls_every_poll_interval_and_wakes_early() {
     let (engine, rec, clock) = engine();
-    engine.register("echo", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!(1))
-    });
+    engine
+        .register("echo", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!(1))
+        })
+        .expect("register");
     engine.start().await.unwrap();
     rec.wait_count("first claim", 1, |event| matches!(event, Ev::Claim(_)))
         .await;
@@ -353,9 +375,11 @@ async fn idle_loop_polls_every_poll_interval_and_wakes_early() {
 #[tokio::test]
 async fn loop_survives_store_errors_with_backoff() {
     let (engine, rec, clock) = engine();
-    engine.register("echo", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!("ok"))
-    });
+    engine
+        .register("echo", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!("ok"))
+        })
+        .expect("register");
     let transient = || PortError::Unavailable {
         backend: "mock",
         message: "pool timed out".into(),
@@ -402,9 +426,11 @@ async fn no_registered_handler_means_no_claim() {
         rec.claims().is_empty(),
         "an empty name list never reaches the store"
     );
-    engine.register("late", |_t: TaskHandle| async {
-        Ok::<_, HandlerError>(json!(null))
-    });
+    engine
+        .register("late", |_t: TaskHandle| async {
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .expect("register");
     rec.wait("a claim once a handler exists", |log| {
         log.iter().any(|event| matches!(event, Ev::Claim(_)))
     })

@@ -47,7 +47,7 @@ async fn enqueue_resolves_instance_then_handler_then_global() {
             },
         )
         .unwrap();
-    engine.register("plain", noop());
+    engine.register("plain", noop()).expect("register");
     clock.advance(Duration::from_millis(1500));
     let instance = TaskOptions::default()
         .priority(9)
@@ -92,7 +92,7 @@ async fn enqueue_resolves_instance_then_handler_then_global() {
 #[tokio::test]
 async fn enqueue_many_is_one_store_call_and_all_or_nothing() {
     let (engine, rec, _clock) = engine();
-    engine.register("a", noop());
+    engine.register("a", noop()).expect("register");
     let ids = engine
         .enqueue_many(vec![
             ("a".into(), json!(1), TaskOptions::default()),
@@ -131,7 +131,7 @@ async fn unknown_handler_and_misplaced_options_are_typed_errors() {
         Arc::new(ManualClock::new(t0())),
     )
     .unwrap();
-    engine.register("known", noop());
+    engine.register("known", noop()).expect("register");
     let unknown = engine
         .enqueue("nobody", json!({}), TaskOptions::default())
         .await;
@@ -200,7 +200,7 @@ async fn unknown_handler_and_misplaced_options_are_typed_errors() {
 #[tokio::test]
 async fn cron_rejects_a_bad_expression_at_submit_and_schedules_the_next_occurrence() {
     let (engine, rec, _clock) = engine();
-    engine.register("tick", noop());
+    engine.register("tick", noop()).expect("register");
     let bad = engine
         .cron("tick", "61 * * * *", json!({}), TaskOptions::default())
         .await;
@@ -263,7 +263,7 @@ fn registration_validates_options_and_describes_handlers() {
             },
         )
         .unwrap();
-    engine.register("bare", noop());
+    engine.register("bare", noop()).expect("register");
     let info = engine.task_info("described").unwrap();
     assert_eq!(
         (info.name.as_str(), info.description.as_str()),
