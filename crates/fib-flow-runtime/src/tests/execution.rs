@@ -607,3 +607,68 @@ fn error_text_includes_the_source_chain() {
     let flat = std::io::Error::other("plain");
     assert_eq!(error_text(&flat), "plain");
 }
+
+#[tokio::test]
+async fn outcomes_finishing_together_share_one_batch() {
+    let (engine, rec, _clock) = engine();
+    engine
+        .register("quick", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!("done"))
+        })
+        .unwrap();
+    let tasks = (1..=3)
+        .map(|id| running_task(id, "quick", 1, t0()))
+        .collect();
+    run_claimed(&engine, &rec, tasks, 3).await;
+    rec.wait_count("three completions", 3, |event| {
+        matches!(event, Ev::Apply(..))
+    })
+    .await;
+    let batches: Vec<Vec<TaskId>> = rec
+        .log()
+        .into_iter()
+        .filter_map(|event| match event {
+            Ev::Batch(ids) => Some(ids),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches.len(), 1, "one write transaction: {batches:?}");
+    let mut written = batches[0].clone();
+    written.sort();
+    assert_eq!(written, [TaskId(1), TaskId(2), TaskId(3)]);
+    engine.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_outcome_fault_is_retried_past_any_fixed_count() {
+    let (engine, rec, _clock) = engine();
+    engine
+        .register("ok", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(json!(1))
+        })
+        .unwrap();
+    let faults = 8;
+    rec.apply_results
+        .lock()
+        .unwrap()
+        .extend((0..faults).map(|_| {
+            Err(PortError::Unavailable {
+                backend: "mock",
+                message: "Deadlock found when trying to get lock".into(),
+            })
+        }));
+    run_claimed(&engine, &rec, vec![running_task(1, "ok", 1, t0())], 1).await;
+    // Paused tokio time: the wall-clock back-off (capped at 2 s) advances by itself.
+    rec.wait_count("the write that finally lands", faults + 1, |event| {
+        matches!(event, Ev::Apply(..))
+    })
+    .await;
+    let commands = rec.applies_to(1);
+    assert_eq!(commands.len(), faults + 1);
+    assert!(
+        commands
+            .iter()
+            .all(|command| is_complete(command, &json!(1)))
+    );
+    engine.stop().await.unwrap();
+}

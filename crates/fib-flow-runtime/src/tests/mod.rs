@@ -47,6 +47,8 @@ pub(crate) const WAIT_LIMIT: Duration = Duration::from_secs(10);
 pub(crate) enum Ev {
     Claim(ClaimRequest),
     Apply(TaskId, Command),
+    /// One `apply_batch` call with the tasks of its commands (each also logs its `Apply`).
+    Batch(Vec<TaskId>),
     Spawn(SpawnRequest),
     Heartbeat(String, Vec<(TaskId, i32)>),
     Insert(Vec<NewTask>),
@@ -309,6 +311,8 @@ impl TaskStore for TestStore {
         commands: Vec<(TaskId, Command)>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<Task, PortError>>, PortError> {
+        self.rec
+            .push(Ev::Batch(commands.iter().map(|(id, _)| *id).collect()));
         let mut verdicts = Vec::with_capacity(commands.len());
         for (task_id, command) in commands {
             match self.mock.apply(task_id, command, now).await {
