@@ -84,21 +84,7 @@ fn main() -> ExitCode {
                 &url,
             ]),
         ),
-        Task::Bench { args } => run(
-            "bench",
-            cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "fib-flow-cli",
-                    "--all-features",
-                    "--",
-                    "bench",
-                ])
-                .args(&args),
-        ),
+        Task::Bench { args } => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,6 +109,65 @@ fn run(step: &str, command: &mut Command) -> Result<(), String> {
     } else {
         Err(format!("{step} failed ({status})"))
     }
+}
+
+/// Runs the benchmarks; adds the graphile-worker peer when it can be prepared.
+fn bench(args: Vec<String>) -> Result<(), String> {
+    let mut command = cargo();
+    command.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "fib-flow-cli",
+        "--all-features",
+        "--",
+        "bench",
+    ]);
+    command.args(&args);
+    if !args.iter().any(|arg| arg.starts_with("--peer")) {
+        match prepare_peer() {
+            Ok(dir) => {
+                command.arg("--peer").arg(dir);
+            }
+            Err(reason) => println!("==> peer (graphile-worker) skipped: {reason}"),
+        }
+    }
+    run("bench", &mut command)
+}
+
+/// Copies the peer companion from `../shared/bench/graphile-worker` (read-only there) into
+/// `target/bench-peer` and installs it with `npm ci` once.
+fn prepare_peer() -> Result<std::path::PathBuf, String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xtask has no parent directory")?
+        .to_path_buf();
+    let source = root.join("../shared/bench/graphile-worker");
+    if !source.join("bench-side.mjs").exists() {
+        return Err(format!("{} not found", source.display()));
+    }
+    for tool in ["node", "npm"] {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .map_err(|error| format!("`{tool}` is not available: {error}"))?;
+    }
+    let target = root.join("target/bench-peer");
+    std::fs::create_dir_all(&target).map_err(|error| error.to_string())?;
+    for file in ["package.json", "package-lock.json", "bench-side.mjs"] {
+        std::fs::copy(source.join(file), target.join(file))
+            .map_err(|error| format!("copy {file}: {error}"))?;
+    }
+    if !target.join("node_modules").exists() {
+        run(
+            "npm ci (graphile-worker peer)",
+            Command::new("npm")
+                .args(["ci", "--silent", "--no-audit", "--no-fund"])
+                .current_dir(&target),
+        )?;
+    }
+    Ok(target)
 }
 
 /// The `host:port` of a database URL, for a reachability probe.

@@ -512,39 +512,36 @@ macro_rules! store_ops {
                 Ok(claimed)
             }
 
-            /// One UPDATE per distinct attempt number (usually one in all).
+            /// One UPDATE per attempt, by primary key, in ascending id order. Not one
+            /// multi-row UPDATE: InnoDB may serve that through a secondary index on `status`,
+            /// locking that index's entries before the rows, the reverse of a batch write
+            /// (rows first, then their index entries) and a deadlock under load. A lookup by
+            /// primary key takes the row lock first, like every other writer.
             pub(crate) async fn heartbeat_q(
                 conn: &mut Conn,
                 worker_id: &str,
                 attempts: &[(TaskId, i32)],
                 now: DateTime<Utc>,
             ) -> Tx<u64> {
-                let mut by_attempt: HashMap<i32, Vec<i64>> = HashMap::new();
-                for (task_id, attempt) in attempts {
-                    by_attempt.entry(*attempt).or_default().push(task_id.0);
-                }
+                let mut ordered = attempts.to_vec();
+                ordered.sort_unstable();
+                let now = to_millis(now);
                 let mut refreshed = 0u64;
-                for (attempt, ids) in by_attempt {
-                    for chunk in ids.chunks(CHUNK) {
-                        let n = diesel::update(
-                            t::table
-                                .filter(t::status.eq(TaskStatus::Running.as_str()))
-                                .filter(t::worker_id.eq(worker_id))
-                                .filter(t::attempt.eq(attempt))
-                                .filter(t::id.eq_any(chunk))
-                                // Two heartbeats racing (the maintenance loop and a manual
-                                // tick) must not move the clock back: the older one skips.
-                                .filter(
-                                    t::last_active_time
-                                        .is_null()
-                                        .or(t::last_active_time.le(to_millis(now))),
-                                ),
-                        )
-                        .set(t::last_active_time.eq(to_millis(now)))
-                        .execute(conn)
-                        .await?;
-                        refreshed += n as u64;
-                    }
+                for (task_id, attempt) in ordered {
+                    let n = diesel::update(
+                        t::table
+                            .filter(t::id.eq(task_id.0))
+                            .filter(t::status.eq(TaskStatus::Running.as_str()))
+                            .filter(t::worker_id.eq(worker_id))
+                            .filter(t::attempt.eq(attempt))
+                            // Two heartbeats racing (the maintenance loop and a manual tick)
+                            // must not move the clock back: the older one skips.
+                            .filter(t::last_active_time.is_null().or(t::last_active_time.le(now))),
+                    )
+                    .set(t::last_active_time.eq(now))
+                    .execute(conn)
+                    .await?;
+                    refreshed += n as u64;
                 }
                 Ok(refreshed)
             }
