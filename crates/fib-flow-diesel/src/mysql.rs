@@ -20,7 +20,7 @@ use fib_flow_ports::{PortError, TaskStore};
 
 use crate::StoreConfig;
 use crate::error::{connection_error, db_error, pool_error};
-use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, TaskRow, TaskValues};
+use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
 use crate::schema::fib_flow_task_attempts as a;
 use crate::schema::fib_flow_task_events as e;
 use crate::schema::fib_flow_tasks as t;
@@ -86,6 +86,88 @@ async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<V
         ids.push(insert_task_row(conn, row).await?);
     }
     Ok(ids)
+}
+
+async fn insert_created(
+    conn: &mut Conn,
+    tasks: &[fib_flow_domain::NewTask],
+    notify: bool,
+) -> QueryResult<Vec<i64>> {
+    ops::insert_created_each(conn, tasks, notify).await
+}
+
+/// Every column a transition may change, written by primary key. `FORCE INDEX (PRIMARY)`:
+/// left to itself, InnoDB serves `id = ? AND status = ?` through a status-leading secondary
+/// index, locking that index's entry before the row, the reverse order of a transaction that
+/// already holds the row, and the two deadlock.
+const UPDATE_ROW: &str = "UPDATE fib_flow_tasks FORCE INDEX (PRIMARY) SET status = ?, \
+    priority = ?, next_run_time = ?, last_active_time = ?, last_event_time = ?, \
+    last_event_type = ?, result = ?, error = ?, current_stage_name = ?, progress_text = ?, \
+    progress_percent = ?, stage = ?, timeout_ms = ?, retry_count = ?, max_retries = ?, \
+    retry_interval_ms = ?, retry_backoff = ?, total_children = ?, completed_children = ?, \
+    child_failure_policy = ?, worker_id = ?, start_time = ?, deadline = ?, attempt = ?, \
+    context = ?, suspend_reason = ?, suspend_metadata = ? \
+    WHERE id = ? AND status = ? AND attempt = ?";
+
+async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
+    use diesel::sql_types::{Binary, Double, Integer, Nullable, Text};
+    let v = &write.values;
+    diesel::sql_query(UPDATE_ROW)
+        .bind::<Text, _>(&v.status)
+        .bind::<Integer, _>(v.priority)
+        .bind::<BigInt, _>(v.next_run_time)
+        .bind::<Nullable<BigInt>, _>(v.last_active_time)
+        .bind::<Nullable<BigInt>, _>(v.last_event_time)
+        .bind::<Nullable<Text>, _>(&v.last_event_type)
+        .bind::<Nullable<Text>, _>(&v.result)
+        .bind::<Nullable<Text>, _>(&v.error)
+        .bind::<Nullable<Text>, _>(&v.current_stage_name)
+        .bind::<Nullable<Text>, _>(&v.progress_text)
+        .bind::<Nullable<Double>, _>(v.progress_percent)
+        .bind::<Integer, _>(v.stage)
+        .bind::<Nullable<BigInt>, _>(v.timeout_ms)
+        .bind::<Integer, _>(v.retry_count)
+        .bind::<Integer, _>(v.max_retries)
+        .bind::<BigInt, _>(v.retry_interval_ms)
+        .bind::<Text, _>(&v.retry_backoff)
+        .bind::<Integer, _>(v.total_children)
+        .bind::<Integer, _>(v.completed_children)
+        .bind::<Text, _>(&v.child_failure_policy)
+        .bind::<Nullable<Text>, _>(&v.worker_id)
+        .bind::<Nullable<BigInt>, _>(v.start_time)
+        .bind::<Nullable<BigInt>, _>(v.deadline)
+        .bind::<Integer, _>(v.attempt)
+        .bind::<Nullable<Binary>, _>(&v.context)
+        .bind::<Nullable<Text>, _>(&v.suspend_reason)
+        .bind::<Nullable<Text>, _>(&v.suspend_metadata)
+        .bind::<BigInt, _>(write.id)
+        .bind::<Text, _>(write.guard_status)
+        .bind::<Integer, _>(write.guard_attempt)
+        .execute(conn)
+        .await
+}
+
+/// A heartbeat by primary key (see [`UPDATE_ROW`] for why the index is forced).
+const HEARTBEAT_ROW: &str = "UPDATE fib_flow_tasks FORCE INDEX (PRIMARY) \
+    SET last_active_time = ? WHERE id = ? AND status = 'running' AND worker_id = ? \
+    AND attempt = ? AND (last_active_time IS NULL OR last_active_time <= ?)";
+
+async fn heartbeat_row(
+    conn: &mut Conn,
+    task_id: i64,
+    attempt: i32,
+    worker_id: &str,
+    now: i64,
+) -> QueryResult<usize> {
+    use diesel::sql_types::{Integer, Text};
+    diesel::sql_query(HEARTBEAT_ROW)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(task_id)
+        .bind::<Text, _>(worker_id)
+        .bind::<Integer, _>(attempt)
+        .bind::<BigInt, _>(now)
+        .execute(conn)
+        .await
 }
 
 async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {

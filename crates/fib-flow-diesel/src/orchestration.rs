@@ -7,8 +7,9 @@
 //! - `type Conn`, `type Db`, `const BACKEND: &str`;
 //! - `lock_task` / `lock_tasks`: one row, or a batch's rows in ascending id order, locked
 //!   where the backend has row locks;
-//! - `insert_task_rows` (a chunk of new tasks; ids in input order) and `insert_event_row`
-//!   (RETURNING or `LAST_INSERT_ID()`);
+//! - `insert_created`: a chunk of new tasks with their `task_created` events (one statement
+//!   on PostgreSQL, [`insert_created_each`](self) elsewhere); `insert_task_rows` (ids in
+//!   input order) and `insert_event_row` (RETURNING or `LAST_INSERT_ID()`);
 //! - `insert_event_rows` and `insert_attempt_rows` (multi-row inserts);
 //! - `write_batch`: every write of a set of transitions (rows under their guards, opened and
 //!   closed attempts, events, the due notification): one statement on PostgreSQL,
@@ -77,8 +78,8 @@ macro_rules! store_ops {
             use $crate::schema::fib_flow_tasks as t;
 
             use super::{
-                insert_attempt_rows, insert_event_row, insert_event_rows, insert_task_rows, lock_task, lock_tasks, notify_due, select_claimable,
-                write_batch, Conn, Db, BACKEND,
+                heartbeat_row, insert_attempt_rows, insert_created, insert_event_row, insert_event_rows, insert_task_rows, lock_task, lock_tasks, notify_due, select_claimable,
+                update_row, write_batch, Conn, Db, BACKEND,
             };
 
             type Tx<T> = Result<T, TxError>;
@@ -98,47 +99,6 @@ macro_rules! store_ops {
                     Some(row) => Ok(Some(row.into_task()?)),
                     None => Ok(None),
                 }
-            }
-
-            async fn insert_events(conn: &mut Conn, rows: &[NewEventRow]) -> Tx<()> {
-                for chunk in rows.chunks(CHUNK) {
-                    insert_event_rows(conn, chunk.to_vec()).await?;
-                }
-                Ok(())
-            }
-
-            async fn insert_attempts(conn: &mut Conn, rows: &[NewAttemptRow]) -> Tx<()> {
-                for chunk in rows.chunks(CHUNK) {
-                    insert_attempt_rows(conn, chunk.to_vec()).await?;
-                }
-                Ok(())
-            }
-
-            /// Pending and due: a waiting worker elsewhere may want to know.
-            fn is_due(task: &Task, now: DateTime<Utc>) -> bool {
-                task.status == TaskStatus::Pending && task.next_run_time <= now
-            }
-
-            /// Writes the new row guarded by the status and attempt it was read with.
-            async fn write_row(conn: &mut Conn, tr: &Transition) -> Tx<()> {
-                let values = TaskValues::from_task(&tr.task);
-                let written = diesel::update(
-                    t::table
-                        .filter(t::id.eq(tr.task.id.0))
-                        .filter(t::status.eq(tr.guard.status.as_str()))
-                        .filter(t::attempt.eq(tr.guard.attempt)),
-                )
-                .set(&values)
-                .execute(conn)
-                .await?;
-                if written == 0 {
-                    return Err(PortError::Stale {
-                        task_id: tr.task.id,
-                        attempt: tr.guard.attempt,
-                    }
-                    .into());
-                }
-                Ok(())
             }
 
             /// Writes a batch's rows through the backend's set-based statement; every row must
@@ -189,17 +149,50 @@ macro_rules! store_ops {
             ) -> diesel::QueryResult<usize> {
                 let mut written = 0;
                 for write in writes {
-                    written += diesel::update(
-                        t::table
-                            .filter(t::id.eq(write.id))
-                            .filter(t::status.eq(write.guard_status))
-                            .filter(t::attempt.eq(write.guard_attempt)),
-                    )
-                    .set(&write.values)
-                    .execute(conn)
-                    .await?;
+                    written += update_row(conn, write).await?;
                 }
                 Ok(written)
+            }
+
+            /// One guarded row write in diesel's DSL (the planner picks the primary key).
+            #[allow(dead_code)]
+            pub(crate) async fn update_row_dsl(
+                conn: &mut Conn,
+                write: &RowWrite,
+            ) -> diesel::QueryResult<usize> {
+                diesel::update(
+                    t::table
+                        .filter(t::id.eq(write.id))
+                        .filter(t::status.eq(write.guard_status))
+                        .filter(t::attempt.eq(write.guard_attempt)),
+                )
+                .set(&write.values)
+                .execute(conn)
+                .await
+            }
+
+            /// One heartbeat in diesel's DSL (the planner picks the primary key).
+            #[allow(dead_code)]
+            pub(crate) async fn heartbeat_row_dsl(
+                conn: &mut Conn,
+                task_id: i64,
+                attempt: i32,
+                worker_id: &str,
+                now: i64,
+            ) -> diesel::QueryResult<usize> {
+                diesel::update(
+                    t::table
+                        .filter(t::id.eq(task_id))
+                        .filter(t::status.eq(TaskStatus::Running.as_str()))
+                        .filter(t::worker_id.eq(worker_id))
+                        .filter(t::attempt.eq(attempt))
+                        // Two heartbeats racing (the maintenance loop and a manual tick)
+                        // must not move the clock back: the older one skips.
+                        .filter(t::last_active_time.is_null().or(t::last_active_time.le(now))),
+                )
+                .set(t::last_active_time.eq(now))
+                .execute(conn)
+                .await
             }
 
             /// Attempt closes one UPDATE each: for backends without a set-based form.
@@ -227,42 +220,9 @@ macro_rules! store_ops {
                 Ok(())
             }
 
-            async fn close_attempt(conn: &mut Conn, change: &AttemptChange) -> Tx<()> {
-                if let AttemptChange::Close(close) = change {
-                    diesel::update(
-                        a::table
-                            .filter(a::task_id.eq(close.task_id.0))
-                            .filter(a::attempt.eq(close.attempt))
-                            .filter(a::ended_at.is_null()),
-                    )
-                    .set((
-                        a::ended_at.eq(to_millis(close.ended_at)),
-                        a::outcome.eq(close.outcome.as_str()),
-                        a::error.eq(close.error.clone()),
-                        a::timeout_flag.eq(close.timeout_flag),
-                    ))
-                    .execute(conn)
-                    .await?;
-                }
-                Ok(())
-            }
-
             /// Persists one transition: guarded row write, attempt open/close, events.
             async fn persist(conn: &mut Conn, tr: &Transition, now: DateTime<Utc>) -> Tx<()> {
-                write_row(conn, tr).await?;
-                match &tr.attempt {
-                    Some(AttemptChange::Open(open)) => {
-                        insert_attempts(conn, &[NewAttemptRow::from(open)]).await?
-                    }
-                    Some(change) => close_attempt(conn, change).await?,
-                    None => {}
-                }
-                let events: Vec<NewEventRow> = tr.events.iter().map(NewEventRow::from).collect();
-                insert_events(conn, &events).await?;
-                if is_due(&tr.task, now) {
-                    notify_due(conn).await?;
-                }
-                Ok(())
+                write_guarded(conn, &BatchWrite::of(std::slice::from_ref(tr), now)).await
             }
 
             async fn count_outstanding(conn: &mut Conn, parent: i64, round: i32) -> Tx<i64> {
@@ -394,11 +354,10 @@ macro_rules! store_ops {
             /// Inserts tasks a chunk per statement where the backend can (ids in input order
             /// on every backend), then their `task_created` events.
             pub(crate) async fn insert_tasks_tx(conn: &mut Conn, tasks: &[NewTask]) -> Tx<Vec<TaskId>> {
+                let due = tasks.iter().any(|task| task.next_run_time <= task.created_at);
                 let mut ids = Vec::with_capacity(tasks.len());
-                let mut events = Vec::with_capacity(tasks.len());
-                for chunk in tasks.chunks(CHUNK) {
-                    let values: Vec<TaskValues> = chunk.iter().map(TaskValues::from_new).collect();
-                    let inserted = insert_task_rows(conn, &values).await?;
+                for (index, chunk) in tasks.chunks(CHUNK).enumerate() {
+                    let inserted = insert_created(conn, chunk, due && index == 0).await?;
                     if inserted.len() != chunk.len() {
                         return Err(PortError::Database {
                             backend: BACKEND,
@@ -406,13 +365,29 @@ macro_rules! store_ops {
                         }
                         .into());
                     }
-                    for (task, id) in chunk.iter().zip(inserted) {
-                        events.push(created_event(task, TaskId(id)));
-                        ids.push(TaskId(id));
-                    }
+                    ids.extend(inserted.into_iter().map(TaskId));
                 }
-                insert_events(conn, &events).await?;
-                if tasks.iter().any(|task| task.next_run_time <= task.created_at) {
+                Ok(ids)
+            }
+
+            /// One chunk of new tasks with their `task_created` events (and the due
+            /// notification when `notify`), statement by statement: for backends without a
+            /// one-statement form. Ids in input order.
+            #[allow(dead_code)]
+            pub(crate) async fn insert_created_each(
+                conn: &mut Conn,
+                tasks: &[NewTask],
+                notify: bool,
+            ) -> diesel::QueryResult<Vec<i64>> {
+                let values: Vec<TaskValues> = tasks.iter().map(TaskValues::from_new).collect();
+                let ids = insert_task_rows(conn, &values).await?;
+                let events: Vec<NewEventRow> = tasks
+                    .iter()
+                    .zip(&ids)
+                    .map(|(task, id)| created_event(task, TaskId(*id)))
+                    .collect();
+                insert_event_rows(conn, events).await?;
+                if notify {
                     notify_due(conn).await?;
                 }
                 Ok(ids)
@@ -528,20 +503,7 @@ macro_rules! store_ops {
                 let now = to_millis(now);
                 let mut refreshed = 0u64;
                 for (task_id, attempt) in ordered {
-                    let n = diesel::update(
-                        t::table
-                            .filter(t::id.eq(task_id.0))
-                            .filter(t::status.eq(TaskStatus::Running.as_str()))
-                            .filter(t::worker_id.eq(worker_id))
-                            .filter(t::attempt.eq(attempt))
-                            // Two heartbeats racing (the maintenance loop and a manual tick)
-                            // must not move the clock back: the older one skips.
-                            .filter(t::last_active_time.is_null().or(t::last_active_time.le(now))),
-                    )
-                    .set(t::last_active_time.eq(now))
-                    .execute(conn)
-                    .await?;
-                    refreshed += n as u64;
+                    refreshed += heartbeat_row(conn, task_id.0, attempt, worker_id, now).await? as u64;
                 }
                 Ok(refreshed)
             }

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::StoreConfig;
 use crate::error::{connection_error, db_error, pool_error};
-use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, TaskRow, TaskValues};
+use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
 use crate::schema::fib_flow_task_events as e;
 use crate::schema::fib_flow_tasks as t;
 
@@ -208,6 +208,105 @@ const INSERT_TASKS: &str = "INSERT INTO fib_flow_tasks (name, type, status, prio
         $36::text[], $37::text[]) \
     RETURNING id";
 
+/// [`INSERT_TASKS`] and the tasks' `task_created` events in one statement. The ids ascend in
+/// input order, so numbering them by id pairs each with its event's row of the arrays. The
+/// NOTIFY sits in a CTE that the result must reference (as the `notified` column): an
+/// unreferenced one would not run.
+const INSERT_CREATED: &str = "WITH ins AS (INSERT INTO fib_flow_tasks (name, type, status, \
+    priority, payload, created_at, tag, next_run_time, last_active_time, last_event_time, \
+    last_event_type, result, error, current_stage_name, progress_text, progress_percent, stage, \
+    timeout_ms, retry_count, max_retries, retry_interval_ms, retry_backoff, cron_expr, timezone, \
+    root_id, parent_id, parent_round, total_children, completed_children, child_failure_policy, \
+    worker_id, start_time, deadline, attempt, context, suspend_reason, suspend_metadata) \
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], \
+        $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], \
+        $12::text[], $13::text[], $14::text[], $15::text[], $16::float8[], $17::int[], \
+        $18::bigint[], $19::int[], $20::int[], $21::bigint[], $22::text[], $23::text[], \
+        $24::text[], $25::bigint[], $26::bigint[], $27::int[], $28::int[], $29::int[], \
+        $30::text[], $31::text[], $32::bigint[], $33::bigint[], $34::int[], $35::bytea[], \
+        $36::text[], $37::text[]) \
+    RETURNING id), \
+  num AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM ins), \
+  ev AS (INSERT INTO fib_flow_task_events (task_id, root_id, parent_id, event_type, \
+        from_status, to_status, stage, worker_id, attempt, event_time, message, metadata) \
+    SELECT num.id, COALESCE(e.root_id, num.id), e.parent_id, e.event_type, NULL, e.to_status, \
+        e.stage, NULL, NULL, e.event_time, e.message, e.metadata \
+    FROM num JOIN unnest($38::bigint[], $39::bigint[], $40::text[], $41::text[], $42::int[], \
+        $43::bigint[], $44::text[], $45::text[]) WITH ORDINALITY \
+        AS e(root_id, parent_id, event_type, to_status, stage, event_time, message, metadata, n) \
+    ON e.n = num.n), \
+  nt AS (SELECT pg_notify('fib_flow_tasks', '') WHERE $46::boolean) \
+SELECT num.id, (SELECT count(*) FROM nt) AS notified FROM num ORDER BY num.id";
+
+/// New tasks, their `task_created` events and the due notification in one round trip.
+async fn insert_created(
+    conn: &mut Conn,
+    tasks: &[fib_flow_domain::NewTask],
+    notify: bool,
+) -> QueryResult<Vec<i64>> {
+    use diesel::sql_types::{Array, BigInt, Binary, Bool, Double, Integer, Nullable, Text};
+    let rows: Vec<TaskValues> = tasks.iter().map(TaskValues::from_new).collect();
+    let rows = &rows[..];
+    // The task's own id is not known yet: the statement fills it in (and the root of a task
+    // that is its own root).
+    let events: Vec<NewEventRow> = tasks
+        .iter()
+        .map(|task| crate::rows::created_event(task, fib_flow_domain::TaskId(0)))
+        .collect();
+    let roots: Vec<Option<i64>> = tasks.iter().map(|task| task.root_id.map(|r| r.0)).collect();
+    let events = &events[..];
+    let inserted: Vec<InsertedId> = diesel::sql_query(INSERT_CREATED)
+        .bind::<Array<Text>, _>(column(rows, |r| r.name.clone()))
+        .bind::<Array<Text>, _>(column(rows, |r| r.task_type.clone()))
+        .bind::<Array<Text>, _>(column(rows, |r| r.status.clone()))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.priority))
+        .bind::<Array<Text>, _>(column(rows, |r| r.payload.clone()))
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.created_at))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.tag.clone()))
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.next_run_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.last_active_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.last_event_time))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.last_event_type.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.result.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.error.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.current_stage_name.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.progress_text.clone()))
+        .bind::<Array<Nullable<Double>>, _>(column(rows, |r| r.progress_percent))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.stage))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.timeout_ms))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.retry_count))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.max_retries))
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.retry_interval_ms))
+        .bind::<Array<Text>, _>(column(rows, |r| r.retry_backoff.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.cron_expr.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.timezone.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.root_id))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.parent_id))
+        .bind::<Array<Nullable<Integer>>, _>(column(rows, |r| r.parent_round))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.total_children))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.completed_children))
+        .bind::<Array<Text>, _>(column(rows, |r| r.child_failure_policy.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.worker_id.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.start_time))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.deadline))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.attempt))
+        .bind::<Array<Nullable<Binary>>, _>(column(rows, |r| r.context.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.suspend_reason.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.suspend_metadata.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(roots)
+        .bind::<Array<Nullable<BigInt>>, _>(column(events, |e| e.parent_id))
+        .bind::<Array<Text>, _>(column(events, |e| e.event_type.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(events, |e| e.to_status.clone()))
+        .bind::<Array<Nullable<Integer>>, _>(column(events, |e| e.stage))
+        .bind::<Array<BigInt>, _>(column(events, |e| e.event_time))
+        .bind::<Array<Nullable<Text>>, _>(column(events, |e| e.message.clone()))
+        .bind::<Array<Text>, _>(column(events, |e| e.metadata.clone()))
+        .bind::<Bool, _>(notify)
+        .load(conn)
+        .await?;
+    Ok(inserted.into_iter().map(|row| row.id).collect())
+}
+
 #[derive(QueryableByName)]
 struct InsertedId {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -261,6 +360,20 @@ async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<V
     let mut ids: Vec<i64> = inserted.into_iter().map(|row| row.id).collect();
     ids.sort_unstable();
     Ok(ids)
+}
+
+async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
+    ops::update_row_dsl(conn, write).await
+}
+
+async fn heartbeat_row(
+    conn: &mut Conn,
+    task_id: i64,
+    attempt: i32,
+    worker_id: &str,
+    now: i64,
+) -> QueryResult<usize> {
+    ops::heartbeat_row_dsl(conn, task_id, attempt, worker_id, now).await
 }
 
 async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {

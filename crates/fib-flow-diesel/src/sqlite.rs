@@ -25,7 +25,7 @@ use fib_flow_ports::{PortError, TaskStore};
 
 use crate::StoreConfig;
 use crate::error::{connection_error, pool_error};
-use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, TaskRow, TaskValues};
+use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
 use crate::schema::fib_flow_task_attempts as a;
 use crate::schema::fib_flow_task_events as e;
 use crate::schema::fib_flow_tasks as t;
@@ -75,6 +75,28 @@ async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<V
             .collect()
     })
     .await
+}
+
+async fn insert_created(
+    conn: &mut Conn,
+    tasks: &[fib_flow_domain::NewTask],
+    notify: bool,
+) -> QueryResult<Vec<i64>> {
+    ops::insert_created_each(conn, tasks, notify).await
+}
+
+async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
+    ops::update_row_dsl(conn, write).await
+}
+
+async fn heartbeat_row(
+    conn: &mut Conn,
+    task_id: i64,
+    attempt: i32,
+    worker_id: &str,
+    now: i64,
+) -> QueryResult<usize> {
+    ops::heartbeat_row_dsl(conn, task_id, attempt, worker_id, now).await
 }
 
 async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {

@@ -1591,6 +1591,35 @@ async fn wait_for_notification_pending_or_wakes(ctx: Ctx) {
                 .await
                 .expect("woken by NOTIFY")
                 .expect("join");
+            // A batch that leaves a task pending and due (a retry) notifies too.
+            let claimed = other
+                .claim(claim_req("w", &["wake"], 1, 10))
+                .await
+                .expect("claim");
+            assert_eq!(claimed.len(), 1);
+            let store = ctx.store.clone();
+            let waiter = tokio::spawn(async move { store.wait_for_notification().await });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let verdicts = other
+                .apply_batch(
+                    vec![(
+                        claimed[0].id,
+                        Command::Fail {
+                            attempt: 1,
+                            error: "again".into(),
+                            timed_out: false,
+                            jitter: 0.0,
+                        },
+                    )],
+                    at(20),
+                )
+                .await
+                .expect("batch");
+            assert!(verdicts[0].is_ok(), "{verdicts:?}");
+            tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("woken by the retry's NOTIFY")
+                .expect("join");
             other.close().await;
         }
         _ => {
