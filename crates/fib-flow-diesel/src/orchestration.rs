@@ -64,7 +64,7 @@ macro_rules! store_ops {
                 ParentEffect, Task, TaskAttempt, TaskEvent, TaskId, TaskStatus, Transition,
             };
             use fib_flow_domain::progress::HandlerRecord;
-            use fib_flow_ports::{ClaimRequest, Expiry, PortError, RetentionReport, RetentionRun, SpawnRequest};
+            use fib_flow_ports::{BatchCommand, ClaimRequest, Expiry, PortError, RetentionReport, RetentionRun, SpawnRequest};
 
             use $crate::error::{domain_error, TxError};
             use $crate::orchestration::{coalesce, CHUNK};
@@ -304,10 +304,12 @@ macro_rules! store_ops {
             /// no transaction locks a child after its parent, so no cycle can form.
             pub(crate) async fn apply_batch_tx(
                 conn: &mut Conn,
-                commands: &[(TaskId, Command)],
-                now: DateTime<Utc>,
+                commands: &[BatchCommand],
             ) -> Tx<Vec<Result<Task, PortError>>> {
-                let mut ids: Vec<i64> = commands.iter().map(|(id, _)| id.0).collect();
+                let Some(now) = commands.iter().map(|c| c.at).max() else {
+                    return Ok(Vec::new());
+                };
+                let mut ids: Vec<i64> = commands.iter().map(|c| c.task_id.0).collect();
                 ids.sort_unstable();
                 ids.dedup();
                 let mut current: HashMap<i64, Task> = HashMap::with_capacity(ids.len());
@@ -317,12 +319,12 @@ macro_rules! store_ops {
                 }
                 let mut verdicts = Vec::with_capacity(commands.len());
                 let mut transitions: Vec<Transition> = Vec::with_capacity(commands.len());
-                for (id, command) in commands {
+                for BatchCommand { task_id: id, command, at } in commands {
                     let Some(before) = current.get(&id.0) else {
                         verdicts.push(Err(PortError::NotFound(*id)));
                         continue;
                     };
-                    match fib_flow_domain::apply(before, command.clone(), now) {
+                    match fib_flow_domain::apply(before, command.clone(), *at) {
                         Err(error) => verdicts.push(Err(domain_error(error))),
                         Ok(tr) if tr.is_noop(before) => verdicts.push(Ok(before.clone())),
                         Ok(tr) => {
@@ -1017,8 +1019,7 @@ macro_rules! impl_task_store {
 
             async fn apply_batch(
                 &self,
-                commands: Vec<(fib_flow_domain::TaskId, fib_flow_domain::Command)>,
-                now: chrono::DateTime<chrono::Utc>,
+                commands: Vec<fib_flow_ports::BatchCommand>,
             ) -> Result<
                 Vec<Result<fib_flow_domain::Task, fib_flow_ports::PortError>>,
                 fib_flow_ports::PortError,
@@ -1028,7 +1029,7 @@ macro_rules! impl_task_store {
                 }
                 let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
-                conn.$tx(async |c| ops::apply_batch_tx(c, &commands, now).await)
+                conn.$tx(async |c| ops::apply_batch_tx(c, &commands).await)
                     .await
                     .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
             }

@@ -16,7 +16,9 @@ use fib_flow_domain::{
     AttemptOutcome, ChildFailurePolicy, Command, EventType, ExpiryKind, TaskId, TaskStatus,
     TaskType,
 };
-use fib_flow_ports::{ClaimName, ClaimRequest, PortError, RetentionRun, SpawnRequest};
+use fib_flow_ports::{
+    BatchCommand, ClaimName, ClaimRequest, PortError, RetentionRun, SpawnRequest,
+};
 use serde_json::{Value, json};
 
 fn names(list: &[&str]) -> Vec<ClaimName> {
@@ -35,6 +37,17 @@ fn claim_req(worker: &str, list: &[&str], limit: u32, now_ms: i64) -> ClaimReque
         limit,
         names: names(list),
     }
+}
+
+fn batch(now_ms: i64, commands: Vec<(TaskId, Command)>) -> Vec<BatchCommand> {
+    commands
+        .into_iter()
+        .map(|(task_id, command)| BatchCommand {
+            task_id,
+            command,
+            at: at(now_ms),
+        })
+        .collect()
 }
 
 fn page(limit: u32) -> fib_flow_domain::query::PageBounds {
@@ -1601,7 +1614,8 @@ async fn wait_for_notification_pending_or_wakes(ctx: Ctx) {
             let waiter = tokio::spawn(async move { store.wait_for_notification().await });
             tokio::time::sleep(Duration::from_millis(200)).await;
             let verdicts = other
-                .apply_batch(
+                .apply_batch(batch(
+                    20,
                     vec![(
                         claimed[0].id,
                         Command::Fail {
@@ -1611,8 +1625,7 @@ async fn wait_for_notification_pending_or_wakes(ctx: Ctx) {
                             jitter: 0.0,
                         },
                     )],
-                    at(20),
-                )
+                ))
                 .await
                 .expect("batch");
             assert!(verdicts[0].is_ok(), "{verdicts:?}");
@@ -1908,7 +1921,8 @@ async fn apply_batch_gives_each_command_its_own_verdict(ctx: Ctx) {
     };
     let verdicts = ctx
         .store
-        .apply_batch(
+        .apply_batch(batch(
+            20,
             vec![
                 (ids[2], complete(1)),
                 // A stale fence: attempt 7 never ran.
@@ -1924,8 +1938,7 @@ async fn apply_batch_gives_each_command_its_own_verdict(ctx: Ctx) {
                     },
                 ),
             ],
-            at(20),
-        )
+        ))
         .await
         .expect("batch");
     assert_eq!(verdicts.len(), 4, "one verdict per command, in order");
@@ -1974,7 +1987,7 @@ async fn apply_batch_gives_each_command_its_own_verdict(ctx: Ctx) {
     );
     assert!(
         ctx.store
-            .apply_batch(Vec::new(), at(30))
+            .apply_batch(batch(30, Vec::new()))
             .await
             .expect("empty batch")
             .is_empty()
@@ -2011,7 +2024,8 @@ async fn apply_batch_settles_sibling_children_once_each(ctx: Ctx) {
     // Every child settles in the same transaction, in reverse id order on purpose.
     let verdicts = ctx
         .store
-        .apply_batch(
+        .apply_batch(batch(
+            40,
             kids.iter()
                 .rev()
                 .map(|kid| {
@@ -2024,8 +2038,7 @@ async fn apply_batch_settles_sibling_children_once_each(ctx: Ctx) {
                     )
                 })
                 .collect(),
-            at(40),
-        )
+        ))
         .await
         .expect("batch");
     assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
@@ -2066,7 +2079,8 @@ async fn apply_batch_applies_commands_of_one_task_in_order(ctx: Ctx) {
         .expect("claim");
     let verdicts = ctx
         .store
-        .apply_batch(
+        .apply_batch(batch(
+            20,
             vec![
                 (
                     ids[0],
@@ -2083,8 +2097,7 @@ async fn apply_batch_applies_commands_of_one_task_in_order(ctx: Ctx) {
                     },
                 ),
             ],
-            at(20),
-        )
+        ))
         .await
         .expect("batch");
     assert!(matches!(&verdicts[0], Ok(task) if task.result == Some(json!(1))));

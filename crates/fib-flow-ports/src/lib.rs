@@ -19,7 +19,8 @@ pub use handle::{
     HandlerError, HandlerResult, Outcome, Spawn, Suspension, TaskHandle, TaskHandler,
 };
 pub use store::{
-    ClaimName, ClaimRequest, Expiry, RetentionReport, RetentionRun, SpawnRequest, TaskStore,
+    BatchCommand, ClaimName, ClaimRequest, Expiry, RetentionReport, RetentionRun, SpawnRequest,
+    TaskStore,
 };
 
 #[cfg(feature = "mocks")]

@@ -53,6 +53,18 @@ pub struct SpawnRequest {
     pub now: DateTime<Utc>,
 }
 
+/// One command of [`TaskStore::apply_batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchCommand {
+    /// The task.
+    pub task_id: TaskId,
+    /// What to apply.
+    pub command: Command,
+    /// When it happened (a handler's return, not the batch's flush): the instant the
+    /// transition records.
+    pub at: DateTime<Utc>,
+}
+
 /// A running attempt a sweep found past its deadline or heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
@@ -127,8 +139,9 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<Task, PortError>;
 
     /// Applies many commands in one transaction: the rows are locked in ascending id order,
-    /// each command is decided by [`fib_flow_domain::apply`] on its row, and every transition
-    /// is written with set-based statements. Commands for the same task apply in order.
+    /// each command is decided by [`fib_flow_domain::apply`] on its row at its own instant, and
+    /// every transition is written with set-based statements. Commands for the same task
+    /// apply in order.
     ///
     /// The outer `Err` is a fault of the whole batch (nothing was written; a transient one may
     /// be retried). The inner results are per command: a stale fence or an illegal command
@@ -136,8 +149,7 @@ pub trait TaskStore: Send + Sync {
     /// own command, never its neighbours.
     async fn apply_batch(
         &self,
-        commands: Vec<(TaskId, Command)>,
-        now: DateTime<Utc>,
+        commands: Vec<BatchCommand>,
     ) -> Result<Vec<Result<Task, PortError>>, PortError>;
 
     /// Inserts a parent's children and suspends the parent, in one transaction.

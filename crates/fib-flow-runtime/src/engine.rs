@@ -750,7 +750,6 @@ impl Inner {
         self.writer.get_or_init(|| {
             OutcomeWriter::spawn(
                 self.store.clone(),
-                self.clock.clone(),
                 self.handlers.subscribe(),
                 WriterSettings {
                     max_batch: self.options.max_concurrent_tasks.min(MAX_OUTCOME_BATCH),

@@ -320,7 +320,12 @@ impl Inner {
     ) -> Written<Task> {
         // The writer retries transient faults itself, for as long as the attempt may still
         // be ours; what comes back is final.
-        let written = verdict(what, id, attempt, self.writer().write(id, command).await);
+        let written = verdict(
+            what,
+            id,
+            attempt,
+            self.writer().write(id, command, self.clock.now()).await,
+        );
         self.wake.notify_one();
         written
     }

@@ -17,8 +17,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use fib_flow_domain::{Command, Task, TaskId};
-use fib_flow_ports::{Clock, PortError, TaskStore};
+use fib_flow_ports::{BatchCommand, PortError, TaskStore};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// First back-off after a transient batch fault (doubles up to [`MAX_BACKOFF`]).
@@ -28,8 +29,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// One outcome waiting for its batch.
 struct Pending {
-    task_id: TaskId,
-    command: Command,
+    command: BatchCommand,
     reply: oneshot::Sender<Result<Task, PortError>>,
 }
 
@@ -42,14 +42,12 @@ impl OutcomeWriter {
     /// Starts the writer task on the current tokio runtime.
     pub(crate) fn spawn(
         store: Arc<dyn TaskStore>,
-        clock: Arc<dyn Clock>,
         handlers: watch::Receiver<usize>,
         settings: WriterSettings,
     ) -> OutcomeWriter {
         let (queue, pending) = mpsc::unbounded_channel();
         let writer = Writer {
             store,
-            clock,
             handlers,
             settings: WriterSettings {
                 max_batch: settings.max_batch.max(1),
@@ -61,11 +59,20 @@ impl OutcomeWriter {
     }
 
     /// Queues a command and waits for its own verdict.
-    pub(crate) async fn write(&self, task_id: TaskId, command: Command) -> Result<Task, PortError> {
+    /// `at` is when the outcome happened; the transition records it, not the flush time.
+    pub(crate) async fn write(
+        &self,
+        task_id: TaskId,
+        command: Command,
+        at: DateTime<Utc>,
+    ) -> Result<Task, PortError> {
         let (reply, verdict) = oneshot::channel();
         let pending = Pending {
-            task_id,
-            command,
+            command: BatchCommand {
+                task_id,
+                command,
+                at,
+            },
             reply,
         };
         if self.queue.send(pending).is_err() {
@@ -95,7 +102,6 @@ pub(crate) struct WriterSettings {
 
 struct Writer {
     store: Arc<dyn TaskStore>,
-    clock: Arc<dyn Clock>,
     /// Handlers still running: each will report an outcome soon (or not: the linger bounds
     /// the wait).
     handlers: watch::Receiver<usize>,
@@ -130,18 +136,14 @@ impl Writer {
     }
 
     async fn flush(&self, batch: Vec<Pending>) {
-        let commands: Vec<(TaskId, Command)> = batch
+        let commands: Vec<BatchCommand> = batch
             .iter()
-            .map(|pending| (pending.task_id, pending.command.clone()))
+            .map(|pending| pending.command.clone())
             .collect();
         let started = tokio::time::Instant::now();
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self
-                .store
-                .apply_batch(commands.clone(), self.clock.now())
-                .await
-            {
+            match self.store.apply_batch(commands.clone()).await {
                 Ok(verdicts) if verdicts.len() == batch.len() => {
                     for (pending, verdict) in batch.into_iter().zip(verdicts) {
                         let _ = pending.reply.send(verdict);
@@ -179,10 +181,12 @@ impl Writer {
                     // command the store cannot take does not fail its neighbours.
                     tracing::warn!(%error, outcomes = batch.len(), "batch refused; writing its outcomes one by one");
                     for pending in batch {
-                        let verdict = self
-                            .store
-                            .apply(pending.task_id, pending.command, self.clock.now())
-                            .await;
+                        let BatchCommand {
+                            task_id,
+                            command,
+                            at,
+                        } = pending.command;
+                        let verdict = self.store.apply(task_id, command, at).await;
                         let _ = pending.reply.send(verdict);
                     }
                     return;

@@ -30,8 +30,8 @@ use fib_flow_domain::{
     TaskAttempt, TaskEvent, TaskId, TaskStatus, TaskType,
 };
 use fib_flow_ports::{
-    ClaimRequest, Expiry, MockTaskStore, PortError, RetentionReport, RetentionRun, SpawnRequest,
-    TaskStore,
+    BatchCommand, ClaimRequest, Expiry, MockTaskStore, PortError, RetentionReport, RetentionRun,
+    SpawnRequest, TaskStore,
 };
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -308,14 +308,18 @@ impl TaskStore for TestStore {
     /// the whole batch, as a real store's rolled-back transaction would.
     async fn apply_batch(
         &self,
-        commands: Vec<(TaskId, Command)>,
-        now: DateTime<Utc>,
+        commands: Vec<BatchCommand>,
     ) -> Result<Vec<Result<Task, PortError>>, PortError> {
         self.rec
-            .push(Ev::Batch(commands.iter().map(|(id, _)| *id).collect()));
+            .push(Ev::Batch(commands.iter().map(|c| c.task_id).collect()));
         let mut verdicts = Vec::with_capacity(commands.len());
-        for (task_id, command) in commands {
-            match self.mock.apply(task_id, command, now).await {
+        for BatchCommand {
+            task_id,
+            command,
+            at,
+        } in commands
+        {
+            match self.mock.apply(task_id, command, at).await {
                 Err(error) if error.is_transient() => return Err(error),
                 verdict => verdicts.push(verdict),
             }
