@@ -4,7 +4,8 @@
 //! unwieldy bounds, so the logic is a macro expanded once per backend module (as `mod ops`).
 //! The backend module supplies the few statements whose SQL differs:
 //!
-//! - `type Conn`, `type Db`, `const BACKEND: &str`;
+//! - `type Conn`, `type Db`, `const BACKEND: &str`, `const ONE_STATEMENT_INSERT: bool` (a
+//!   chunk of new tasks is one statement, so it needs no transaction of its own);
 //! - `lock_task` / `lock_tasks`: one row, or a batch's rows in ascending id order, locked
 //!   where the backend has row locks;
 //! - `insert_created`: a chunk of new tasks with their `task_created` events (one statement
@@ -985,6 +986,12 @@ macro_rules! impl_task_store {
                 $crate::rows::check_new_tasks(&tasks)?;
                 let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
+                if ONE_STATEMENT_INSERT && tasks.len() <= $crate::orchestration::CHUNK {
+                    // One statement is atomic by itself: no BEGIN/COMMIT round trips.
+                    return ops::insert_tasks_tx(&mut conn, &tasks)
+                        .await
+                        .map_err(|e| e.into_port(BACKEND));
+                }
                 conn.$tx(async |c| ops::insert_tasks_tx(c, &tasks).await)
                     .await
                     .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))

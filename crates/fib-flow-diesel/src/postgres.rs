@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use fib_flow_ports::{PortError, TaskStore};
@@ -29,6 +31,8 @@ use crate::schema::fib_flow_tasks as t;
 pub(crate) type Conn = AsyncPgConnection;
 pub(crate) type Db = diesel::pg::Pg;
 pub(crate) const BACKEND: &str = "postgres";
+/// `insert_created` writes a chunk of tasks, their events and the NOTIFY in one statement.
+const ONE_STATEMENT_INSERT: bool = true;
 
 /// The PostgreSQL migrations, embedded at compile time.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
@@ -438,12 +442,17 @@ async fn insert_attempt_rows(conn: &mut Conn, rows: Vec<NewAttemptRow>) -> Query
         .map(|_| ())
 }
 
+/// The claim must walk `idx_tasks_claim` in order and stop after `limit` rows, whatever the
+/// statistics say. Right after a bulk enqueue into a young table they say the queue is nearly
+/// empty, and the planner then fetches every due row and sorts them (40 ms per claim at
+/// 100,000 queued instead of 0.05 ms). `SET LOCAL` lasts until the claim commits.
 async fn select_claimable(
     conn: &mut Conn,
     names: &[String],
     now: i64,
     limit: i64,
 ) -> QueryResult<Vec<TaskRow>> {
+    conn.batch_execute("SET LOCAL enable_sort = off").await?;
     t::table
         .filter(crate::orchestration::is_pending())
         .filter(t::next_run_time.le(now))
@@ -601,7 +610,13 @@ pub(crate) async fn connect(
     url: String,
     config: &StoreConfig,
 ) -> Result<Arc<dyn TaskStore>, PortError> {
-    let manager = AsyncDieselConnectionManager::<Conn>::new(url.clone());
+    // `Fast` recycling: no test query on every checkout (a round trip per transaction).
+    // tokio-postgres notices a connection the server closed as soon as it happens (its
+    // connection task ends), so the pool drops it as broken before handing it out.
+    let mut manager_config = ManagerConfig::<Conn>::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let manager =
+        AsyncDieselConnectionManager::<Conn>::new_with_config(url.clone(), manager_config);
     let pool = Pool::builder(manager)
         .max_size(config.pool_size.max(1))
         .wait_timeout(Some(config.acquire_timeout))

@@ -33,6 +33,8 @@ use crate::schema::fib_flow_tasks as t;
 pub(crate) type Conn = SyncConnectionWrapper<SqliteConnection>;
 pub(crate) type Db = diesel::sqlite::Sqlite;
 pub(crate) const BACKEND: &str = "sqlite";
+/// A chunk of new tasks takes several statements here, so it runs in a transaction.
+const ONE_STATEMENT_INSERT: bool = false;
 
 /// The SQLite migrations, embedded at compile time.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
