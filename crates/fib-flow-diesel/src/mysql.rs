@@ -90,13 +90,7 @@ async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<V
     Ok(ids)
 }
 
-async fn insert_created(
-    conn: &mut Conn,
-    tasks: &[fib_flow_domain::NewTask],
-    notify: bool,
-) -> QueryResult<Vec<i64>> {
-    ops::insert_created_each(conn, tasks, notify).await
-}
+crate::orchestration::insert_created_each!();
 
 /// Every column a transition may change, written by primary key. `FORCE INDEX (PRIMARY)`:
 /// left to itself, InnoDB serves `id = ? AND status = ?` through a status-leading secondary

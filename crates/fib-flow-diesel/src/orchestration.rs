@@ -9,8 +9,8 @@
 //! - `lock_task` / `lock_tasks`: one row, or a batch's rows in ascending id order, locked
 //!   where the backend has row locks;
 //! - `insert_created`: a chunk of new tasks with their `task_created` events (one statement
-//!   on PostgreSQL, [`insert_created_each`](self) elsewhere); `insert_task_rows` (ids in
-//!   input order) and `insert_event_row` (RETURNING or `LAST_INSERT_ID()`);
+//!   on PostgreSQL; `insert_created_each!` over the backend's `insert_task_rows` elsewhere) and
+//!   `insert_event_row` (RETURNING or `LAST_INSERT_ID()`);
 //! - `insert_event_rows` and `insert_attempt_rows` (multi-row inserts);
 //! - `write_batch`: every write of a set of transitions (rows under their guards, opened and
 //!   closed attempts, events, the due notification): one statement on PostgreSQL,
@@ -70,16 +70,15 @@ macro_rules! store_ops {
             use $crate::error::{domain_error, TxError};
             use $crate::orchestration::{coalesce, CHUNK};
             use $crate::rows::{
-                child_result, created_event, normalized, status_from_text, AttemptCloseRow, AttemptRow,
+                child_result, normalized, status_from_text, AttemptCloseRow, AttemptRow,
                 BatchWrite, ChildRow, EventRow, NewAttemptRow, NewEventRow, RecordChanges, RowWrite, TaskRow,
-                TaskValues,
             };
             use $crate::schema::fib_flow_task_attempts as a;
             use $crate::schema::fib_flow_task_events as e;
             use $crate::schema::fib_flow_tasks as t;
 
             use super::{
-                heartbeat_row, insert_attempt_rows, insert_created, insert_event_row, insert_event_rows, insert_task_rows, lock_task, lock_tasks, notify_due, select_claimable,
+                heartbeat_row, insert_attempt_rows, insert_created, insert_event_row, insert_event_rows, lock_task, lock_tasks, notify_due, select_claimable,
                 update_row, write_batch, Conn, Db, BACKEND,
             };
 
@@ -369,29 +368,6 @@ macro_rules! store_ops {
                         .into());
                     }
                     ids.extend(inserted.into_iter().map(TaskId));
-                }
-                Ok(ids)
-            }
-
-            /// One chunk of new tasks with their `task_created` events (and the due
-            /// notification when `notify`), statement by statement: for backends without a
-            /// one-statement form. Ids in input order.
-            #[allow(dead_code)]
-            pub(crate) async fn insert_created_each(
-                conn: &mut Conn,
-                tasks: &[NewTask],
-                notify: bool,
-            ) -> diesel::QueryResult<Vec<i64>> {
-                let values: Vec<TaskValues> = tasks.iter().map(TaskValues::from_new).collect();
-                let ids = insert_task_rows(conn, &values).await?;
-                let events: Vec<NewEventRow> = tasks
-                    .iter()
-                    .zip(&ids)
-                    .map(|(task, id)| created_event(task, TaskId(*id)))
-                    .collect();
-                insert_event_rows(conn, events).await?;
-                if notify {
-                    notify_due(conn).await?;
                 }
                 Ok(ids)
             }
@@ -957,6 +933,41 @@ macro_rules! store_ops {
 }
 
 pub(crate) use store_ops;
+
+/// `insert_created` statement by statement, for backends without a one-statement form: expands
+/// to `async fn insert_created` in the backend module, over its `insert_task_rows` (ids in
+/// input order), `insert_event_rows` and `notify_due`.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+macro_rules! insert_created_each {
+    () => {
+        /// One chunk of new tasks with their `task_created` events (and the due notification
+        /// when `notify`), statement by statement in the caller's transaction.
+        async fn insert_created(
+            conn: &mut Conn,
+            tasks: &[fib_flow_domain::NewTask],
+            notify: bool,
+        ) -> diesel::QueryResult<Vec<i64>> {
+            let values: Vec<$crate::rows::TaskValues> = tasks
+                .iter()
+                .map($crate::rows::TaskValues::from_new)
+                .collect();
+            let ids = insert_task_rows(conn, &values).await?;
+            let events: Vec<NewEventRow> = tasks
+                .iter()
+                .zip(&ids)
+                .map(|(task, id)| $crate::rows::created_event(task, fib_flow_domain::TaskId(*id)))
+                .collect();
+            insert_event_rows(conn, events).await?;
+            if notify {
+                notify_due(conn).await?;
+            }
+            Ok(ids)
+        }
+    };
+}
+
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) use insert_created_each;
 
 /// Implements [`fib_flow_ports::TaskStore`] for a backend store type on top of `mod ops`.
 ///

@@ -197,22 +197,7 @@ async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> 
     Ok(usize::try_from(written.written).unwrap_or(usize::MAX))
 }
 
-const INSERT_TASKS: &str = "INSERT INTO fib_flow_tasks (name, type, status, priority, payload, \
-    created_at, tag, next_run_time, last_active_time, last_event_time, last_event_type, result, \
-    error, current_stage_name, progress_text, progress_percent, stage, timeout_ms, retry_count, \
-    max_retries, retry_interval_ms, retry_backoff, cron_expr, timezone, root_id, parent_id, \
-    parent_round, total_children, completed_children, child_failure_policy, worker_id, \
-    start_time, deadline, attempt, context, suspend_reason, suspend_metadata) \
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], \
-        $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], \
-        $12::text[], $13::text[], $14::text[], $15::text[], $16::float8[], $17::int[], \
-        $18::bigint[], $19::int[], $20::int[], $21::bigint[], $22::text[], $23::text[], \
-        $24::text[], $25::bigint[], $26::bigint[], $27::int[], $28::int[], $29::int[], \
-        $30::text[], $31::text[], $32::bigint[], $33::bigint[], $34::int[], $35::bytea[], \
-        $36::text[], $37::text[]) \
-    RETURNING id";
-
-/// [`INSERT_TASKS`] and the tasks' `task_created` events in one statement. The ids ascend in
+/// New tasks and their `task_created` events in one statement. The ids ascend in
 /// input order, so numbering them by id pairs each with its event's row of the arrays. The
 /// NOTIFY sits in a CTE that the result must reference (as the `notified` column): an
 /// unreferenced one would not run.
@@ -315,55 +300,6 @@ async fn insert_created(
 struct InsertedId {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     id: i64,
-}
-
-/// One statement for a whole chunk of new tasks. The ids come from the sequence in the order
-/// the rows are read from the arrays, so sorting them ascending gives the input order.
-async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<Vec<i64>> {
-    use diesel::sql_types::{Array, BigInt, Binary, Double, Integer, Nullable, Text};
-    let inserted: Vec<InsertedId> = diesel::sql_query(INSERT_TASKS)
-        .bind::<Array<Text>, _>(column(rows, |r| r.name.clone()))
-        .bind::<Array<Text>, _>(column(rows, |r| r.task_type.clone()))
-        .bind::<Array<Text>, _>(column(rows, |r| r.status.clone()))
-        .bind::<Array<Integer>, _>(column(rows, |r| r.priority))
-        .bind::<Array<Text>, _>(column(rows, |r| r.payload.clone()))
-        .bind::<Array<BigInt>, _>(column(rows, |r| r.created_at))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.tag.clone()))
-        .bind::<Array<BigInt>, _>(column(rows, |r| r.next_run_time))
-        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.last_active_time))
-        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.last_event_time))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.last_event_type.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.result.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.error.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.current_stage_name.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.progress_text.clone()))
-        .bind::<Array<Nullable<Double>>, _>(column(rows, |r| r.progress_percent))
-        .bind::<Array<Integer>, _>(column(rows, |r| r.stage))
-        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.timeout_ms))
-        .bind::<Array<Integer>, _>(column(rows, |r| r.retry_count))
-        .bind::<Array<Integer>, _>(column(rows, |r| r.max_retries))
-        .bind::<Array<BigInt>, _>(column(rows, |r| r.retry_interval_ms))
-        .bind::<Array<Text>, _>(column(rows, |r| r.retry_backoff.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.cron_expr.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.timezone.clone()))
-        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.root_id))
-        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.parent_id))
-        .bind::<Array<Nullable<Integer>>, _>(column(rows, |r| r.parent_round))
-        .bind::<Array<Integer>, _>(column(rows, |r| r.total_children))
-        .bind::<Array<Integer>, _>(column(rows, |r| r.completed_children))
-        .bind::<Array<Text>, _>(column(rows, |r| r.child_failure_policy.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.worker_id.clone()))
-        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.start_time))
-        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.deadline))
-        .bind::<Array<Integer>, _>(column(rows, |r| r.attempt))
-        .bind::<Array<Nullable<Binary>>, _>(column(rows, |r| r.context.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.suspend_reason.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.suspend_metadata.clone()))
-        .load(conn)
-        .await?;
-    let mut ids: Vec<i64> = inserted.into_iter().map(|row| row.id).collect();
-    ids.sort_unstable();
-    Ok(ids)
 }
 
 async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {

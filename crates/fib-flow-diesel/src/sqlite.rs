@@ -79,13 +79,7 @@ async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<V
     .await
 }
 
-async fn insert_created(
-    conn: &mut Conn,
-    tasks: &[fib_flow_domain::NewTask],
-    notify: bool,
-) -> QueryResult<Vec<i64>> {
-    ops::insert_created_each(conn, tasks, notify).await
-}
+crate::orchestration::insert_created_each!();
 
 async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
     ops::update_row_dsl(conn, write).await
