@@ -30,6 +30,8 @@ use crate::writer::{OutcomeWriter, WriterSettings};
 pub(crate) const AWAITING_SUBTASKS: &str = "awaiting_subtasks";
 /// Upper bound of the claim loop's back-off after store errors.
 const MAX_LOOP_BACKOFF: Duration = Duration::from_secs(30);
+/// First claim-loop back-off after a store fault, when `poll_interval` is longer.
+const FIRST_FAULT_BACKOFF: Duration = Duration::from_millis(250);
 /// How often a claim round yields for more slots of a burst to free (see the claim loop).
 const CLAIM_FILL_YIELDS: usize = 8;
 /// Most outcomes in one write transaction (the engine never has more than
@@ -973,13 +975,15 @@ impl Inner {
     }
 }
 
-/// `poll_interval × 2^(failures-1)`, capped at `max(poll_interval, 30 s)`.
+/// `base × 2^(failures-1)` with `base = min(poll_interval, 250 ms)`, capped at 30 s. Not a
+/// multiple of `poll_interval`: that is the idle cadence, and a worker that polls rarely (or
+/// relies on NOTIFY) must still come back within seconds after a database restart.
 fn loop_backoff(poll_interval: Duration, failures: u32) -> Duration {
-    let cap = MAX_LOOP_BACKOFF.max(poll_interval);
+    let base = poll_interval.min(FIRST_FAULT_BACKOFF);
     let factor = 1u32
         .checked_shl(failures.saturating_sub(1).min(16))
         .unwrap_or(u32::MAX);
-    poll_interval.saturating_mul(factor).min(cap)
+    base.saturating_mul(factor).min(MAX_LOOP_BACKOFF)
 }
 
 /// One execution's hold on a slot and on its in-flight entry. The slot (global and per-handler
@@ -1038,11 +1042,13 @@ mod tests {
         assert_eq!(loop_backoff(poll, 2), Duration::from_millis(200));
         assert_eq!(loop_backoff(poll, 4), Duration::from_millis(800));
         assert_eq!(loop_backoff(poll, 40), MAX_LOOP_BACKOFF);
-        let slow = Duration::from_secs(60);
+        let slow = Duration::from_secs(120);
         assert_eq!(
-            loop_backoff(slow, 5),
-            slow,
-            "never shorter than poll_interval"
+            loop_backoff(slow, 1),
+            FIRST_FAULT_BACKOFF,
+            "a slow poll does not slow fault recovery"
         );
+        assert_eq!(loop_backoff(slow, 3), Duration::from_secs(1));
+        assert_eq!(loop_backoff(slow, 40), MAX_LOOP_BACKOFF);
     }
 }
