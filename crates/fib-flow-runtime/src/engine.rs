@@ -772,7 +772,7 @@ impl Inner {
     /// and never exits before `stop`.
     async fn claim_loop(self: Arc<Self>) {
         let mut paused = self.paused.subscribe();
-        let mut running = self.handlers.subscribe();
+        let mut handlers = self.handlers.subscribe();
         let mut failures: u32 = 0;
         let max = self.options.max_concurrent_tasks;
         loop {
@@ -788,7 +788,7 @@ impl Inner {
             }
             // A free slot.
             tokio::select! {
-                result = running.wait_for(|running| *running < max) => {
+                result = handlers.wait_for(|handlers| *handlers < max) => {
                     if result.is_err() { break; }
                 }
                 () = self.claim_shutdown.cancelled() => break,

@@ -2,7 +2,6 @@
 //! and the cancellation token, and write the outcome through the fenced store commands.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use fib_flow_domain::options::{self, TaskDefaults};
 use fib_flow_domain::{
@@ -12,13 +11,10 @@ use fib_flow_ports::{HandlerResult, Outcome, PortError, Spawn, SpawnRequest, Tas
 use tokio::task::JoinError;
 
 use crate::engine::{Cancel, CancelReason, Inner, Slot};
+use crate::retry::retry_transient;
 
 /// Message of a failure written when the local deadline cancels a handler.
 pub(crate) const TIMEOUT_MESSAGE: &str = "Task execution timeout";
-/// First back-off between store call attempts (doubles each time, up to [`MAX_WRITE_BACKOFF`]).
-const WRITE_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest back-off between store call attempts.
-const MAX_WRITE_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How the race between the handler, its deadline and its token ended.
 enum Ended {
@@ -345,8 +341,7 @@ impl Inner {
         )
     }
 
-    /// Calls the store, retrying transient faults with capped doubling back-off for up to
-    /// `task_heartbeat_timeout`.
+    /// Calls the store, retrying transient faults (see [`crate::retry`]).
     async fn retrying<T, F, Fut>(
         &self,
         what: &str,
@@ -358,27 +353,8 @@ impl Inner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, PortError>>,
     {
-        let mut backoff = WRITE_BACKOFF;
-        let mut tries = 1;
-        let started = tokio::time::Instant::now();
-        loop {
-            match call().await {
-                // Not a fixed count: the attempt stays ours until the heartbeat sweep could
-                // expire it, and until then its write must not be given up.
-                Err(error)
-                    if error.is_transient()
-                        && started.elapsed() < self.options.task_heartbeat_timeout =>
-                {
-                    tracing::warn!(task_id = %id, attempt, %error, tries, "transient store error on {what}; retrying");
-                    // Wall-clock back-off on purpose: a database fault must be retried even while
-                    // the injected scheduling clock stands still (see the claim loop).
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2).min(MAX_WRITE_BACKOFF);
-                    tries += 1;
-                }
-                other => return other,
-            }
-        }
+        let what = format!("{what} of task {id} attempt {attempt}");
+        retry_transient(&what, self.options.task_heartbeat_timeout, call).await
     }
 }
 

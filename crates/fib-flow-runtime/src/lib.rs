@@ -22,6 +22,7 @@ mod error;
 mod execution;
 mod maintenance;
 mod registry;
+mod retry;
 mod writer;
 
 pub use engine::{Engine, ManagerState, TaskInfo};

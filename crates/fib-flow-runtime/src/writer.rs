@@ -5,14 +5,9 @@
 //! Batching is group commit: while one batch is being written the next one gathers. Before a
 //! flush the writer also lingers, up to `linger` (wall clock), while handlers are still
 //! running, so that with short handlers a burst of claims completes in one transaction instead
-//! of several; it never waits when no handler runs. Each command keeps its own verdict: a stale or rejected command is
-//! reported to its own execution only.
-//!
-//! A transient fault of a batch is retried with capped back-off until the write lands or the
-//! attempts can no longer be ours: after `task_heartbeat_timeout` of failures any live
-//! worker's sweep may expire them, and from then on the sweep owns their fate. The back-off
-//! waits on the wall clock on purpose, like the claim loop's fault back-off: recovering from a
-//! database fault must not depend on an injected clock moving.
+//! of several; it never waits when no handler runs. Each command keeps its own verdict: a stale
+//! or rejected command is reported to its own execution only. Transient faults of a batch are
+//! retried as every store call of an execution is ([`crate::retry`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +17,7 @@ use fib_flow_domain::{Command, Task, TaskId};
 use fib_flow_ports::{BatchCommand, PortError, TaskStore};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// First back-off after a transient batch fault (doubles up to [`MAX_BACKOFF`]).
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest back-off between retries of a failing batch.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+use crate::retry::retry_transient;
 
 /// One outcome waiting for its batch.
 struct Pending {
@@ -140,77 +132,61 @@ impl Writer {
             .iter()
             .map(|pending| pending.command.clone())
             .collect();
-        let started = tokio::time::Instant::now();
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            match self.store.apply_batch(commands.clone()).await {
-                Ok(verdicts) if verdicts.len() == batch.len() => {
-                    for (pending, verdict) in batch.into_iter().zip(verdicts) {
-                        let _ = pending.reply.send(verdict);
-                    }
-                    return;
+        let what = format!("an outcome batch of {}", batch.len());
+        let written = retry_transient(&what, self.settings.give_up_after, || {
+            self.store.apply_batch(commands.clone())
+        })
+        .await;
+        match written {
+            Ok(verdicts) if verdicts.len() == batch.len() => {
+                for (pending, verdict) in batch.into_iter().zip(verdicts) {
+                    let _ = pending.reply.send(verdict);
                 }
-                Ok(verdicts) => {
-                    tracing::error!(
-                        expected = batch.len(),
-                        got = verdicts.len(),
-                        "the store answered a batch with the wrong number of verdicts"
-                    );
-                    for pending in batch {
-                        let _ = pending.reply.send(Err(PortError::Database {
+            }
+            Ok(verdicts) => {
+                tracing::error!(
+                    expected = batch.len(),
+                    got = verdicts.len(),
+                    "the store answered a batch with the wrong number of verdicts"
+                );
+                for pending in batch {
+                    let _ = pending.reply.send(Err(PortError::Database {
+                        backend: self.store.backend(),
+                        message: "batch verdicts do not match the commands".into(),
+                    }));
+                }
+            }
+            Err(error) if !error.is_transient() && batch.len() > 1 => {
+                // A permanent fault of the batch: write each command alone so that one
+                // command the store cannot take does not fail its neighbours.
+                tracing::warn!(%error, outcomes = batch.len(), "batch refused; writing its outcomes one by one");
+                for pending in batch {
+                    let BatchCommand {
+                        task_id,
+                        command,
+                        at,
+                    } = pending.command;
+                    let verdict = self.store.apply(task_id, command, at).await;
+                    let _ = pending.reply.send(verdict);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, outcomes = batch.len(), "giving up on an outcome batch; the heartbeat sweep will recover its attempts");
+                let message = error.to_string();
+                for pending in batch {
+                    // Each execution gets the same kind of fault (`PortError` is not `Clone`).
+                    let verdict = if error.is_transient() {
+                        PortError::Unavailable {
                             backend: self.store.backend(),
-                            message: "batch verdicts do not match the commands".into(),
-                        }));
-                    }
-                    return;
-                }
-                Err(error)
-                    if error.is_transient() && started.elapsed() < self.settings.give_up_after =>
-                {
-                    tracing::warn!(
-                        %error,
-                        outcomes = batch.len(),
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "transient store error writing outcomes; retrying"
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
-                }
-                Err(error) if !error.is_transient() && batch.len() > 1 => {
-                    // A permanent fault of the batch: write each command alone so that one
-                    // command the store cannot take does not fail its neighbours.
-                    tracing::warn!(%error, outcomes = batch.len(), "batch refused; writing its outcomes one by one");
-                    for pending in batch {
-                        let BatchCommand {
-                            task_id,
-                            command,
-                            at,
-                        } = pending.command;
-                        let verdict = self.store.apply(task_id, command, at).await;
-                        let _ = pending.reply.send(verdict);
-                    }
-                    return;
-                }
-                Err(error) => {
-                    let message = error.to_string();
-                    tracing::error!(%error, outcomes = batch.len(), "giving up on an outcome batch; the heartbeat sweep will recover its attempts");
-                    let transient = error.is_transient();
-                    let mut error = Some(error);
-                    for pending in batch {
-                        let verdict = match error.take() {
-                            Some(error) => error,
-                            None if transient => PortError::Unavailable {
-                                backend: self.store.backend(),
-                                message: message.clone(),
-                            },
-                            None => PortError::Database {
-                                backend: self.store.backend(),
-                                message: message.clone(),
-                            },
-                        };
-                        let _ = pending.reply.send(Err(verdict));
-                    }
-                    return;
+                            message: message.clone(),
+                        }
+                    } else {
+                        PortError::Database {
+                            backend: self.store.backend(),
+                            message: message.clone(),
+                        }
+                    };
+                    let _ = pending.reply.send(Err(verdict));
                 }
             }
         }
