@@ -406,6 +406,7 @@ async fn ghost_claim(manager: &TaskManager, clock: &ManualClock, name: &str) -> 
                 name: name.into(),
                 max: None,
             }],
+            require_active_lease: false,
         })
         .await
         .expect("ghost claim");

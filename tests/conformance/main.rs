@@ -9,6 +9,7 @@ mod contention;
 mod hardening;
 mod harness;
 mod lifecycle;
+mod registry;
 mod workflows;
 
 /// Instantiates every listed test once per backend, in modules named after the backend.
@@ -93,4 +94,9 @@ conformance! {
     hardening::sub_millisecond_timeouts_are_refused,
     hardening::permanent_connect_errors_are_not_transient,
     hardening::a_newer_schema_is_refused_at_setup,
+    registry::registration_renews_and_a_graceful_stop_marks_stopped,
+    registry::same_pod_supersedes_and_recovers_without_a_retry,
+    registry::an_expired_worker_is_reaped_strictly_after_its_lease,
+    registry::the_sweep_leaves_an_active_workers_tasks_to_the_registry,
+    registry::registry_store_contract,
 }

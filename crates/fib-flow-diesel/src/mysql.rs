@@ -198,11 +198,13 @@ async fn select_claimable(
     names: &[String],
     now: i64,
     limit: i64,
+    lease: Option<&str>,
 ) -> QueryResult<Vec<TaskRow>> {
     t::table
         .filter(crate::orchestration::is_pending())
         .filter(t::next_run_time.le(now))
         .filter(t::name.eq_any(names))
+        .filter(crate::orchestration::holds_lease!(lease))
         .order((t::priority.desc(), t::next_run_time.asc(), t::id.asc()))
         .limit(limit)
         .select(TaskRow::as_select())

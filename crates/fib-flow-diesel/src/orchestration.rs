@@ -40,6 +40,24 @@ pub(crate) fn is_running() -> diesel::expression::SqlLiteral<diesel::sql_types::
     diesel::dsl::sql::<diesel::sql_types::Bool>("fib_flow_tasks.status = 'running'")
 }
 
+/// The claim's lease fence: true when no lease is required (`None`), else only while the
+/// worker's registry row is `active`. A macro because the expression's type (SQL with binds)
+/// has no nameable form to return from a function.
+macro_rules! holds_lease {
+    ($lease:expr) => {
+        diesel::dsl::sql::<diesel::sql_types::Bool>("(")
+            .bind::<diesel::sql_types::Bool, _>($lease.is_none())
+            .sql(
+                " OR EXISTS (SELECT 1 FROM fib_flow_workers \
+                 WHERE fib_flow_workers.status = 'active' AND fib_flow_workers.worker_id = ",
+            )
+            .bind::<diesel::sql_types::Text, _>($lease.unwrap_or_default().to_owned())
+            .sql("))")
+    };
+}
+
+pub(crate) use holds_lease;
+
 /// Rows per multi-row insert or `IN (...)` list: well under SQLite's and PostgreSQL's bind
 /// parameter limits for the widest row we write (13 columns).
 pub(crate) const CHUNK: usize = 500;
@@ -65,17 +83,23 @@ macro_rules! store_ops {
                 ParentEffect, Task, TaskAttempt, TaskEvent, TaskId, TaskStatus, Transition,
             };
             use fib_flow_domain::progress::HandlerRecord;
-            use fib_flow_ports::{BatchCommand, ClaimRequest, Expiry, PortError, RetentionReport, RetentionRun, SpawnRequest};
+            use fib_flow_domain::{Worker, WorkerQuery, WorkerStatus};
+            use fib_flow_ports::{
+                BatchCommand, ClaimRequest, Expiry, PortError, ReapReport, Recovery, RetentionReport,
+                RetentionRun, SpawnRequest, WorkerRegistration,
+            };
 
             use $crate::error::{domain_error, TxError};
             use $crate::orchestration::{coalesce, CHUNK};
             use $crate::rows::{
                 child_result, normalized, status_from_text, AttemptCloseRow, AttemptRow,
                 BatchWrite, ChildRow, EventRow, NewAttemptRow, NewEventRow, RecordChanges, RowWrite, TaskRow,
+                WorkerRow,
             };
             use $crate::schema::fib_flow_task_attempts as a;
             use $crate::schema::fib_flow_task_events as e;
             use $crate::schema::fib_flow_tasks as t;
+            use $crate::schema::fib_flow_workers as w;
 
             use super::{
                 heartbeat_row, insert_attempt_rows, insert_created, insert_event_row, insert_event_rows, lock_task, lock_tasks, notify_due, select_claimable,
@@ -413,15 +437,16 @@ macro_rules! store_ops {
                 uncapped.sort();
                 uncapped.dedup();
                 let mut rows = Vec::new();
+                let lease = request.require_active_lease.then_some(request.worker_id.as_str());
                 if !uncapped.is_empty() {
-                    rows.extend(select_claimable(conn, &uncapped, now, limit).await?);
+                    rows.extend(select_claimable(conn, &uncapped, now, limit, lease).await?);
                 }
                 let mut capped: Vec<(String, u32)> = capped.into_iter().collect();
                 capped.sort();
                 for (name, max) in capped {
                     let cap = i64::from(max).min(limit);
                     if cap > 0 {
-                        rows.extend(select_claimable(conn, &[name], now, cap).await?);
+                        rows.extend(select_claimable(conn, &[name], now, cap, lease).await?);
                     }
                 }
                 rows.sort_by(|x, y| {
@@ -527,7 +552,18 @@ macro_rules! store_ops {
                 let cutoff = to_millis(heartbeat_cutoff);
                 let rows: Vec<(i64, i32, Option<i64>)> = t::table
                     .filter($crate::orchestration::is_running())
-                    .filter(t::deadline.lt(now).or(t::last_active_time.lt(cutoff)))
+                    .filter(t::deadline.lt(now).or(t::last_active_time.lt(cutoff).and(
+                        // An active worker's attempts are the registry's business: the
+                        // worker heartbeats them and recovers any it lost, and once its lease
+                        // expires a reaper recovers them without charging a retry. The sweep
+                        // takes over only when no active row claims them (an unregistered or
+                        // stopped worker, or a reap without recovery). Correlated, so SQL.
+                        diesel::dsl::sql::<diesel::sql_types::Bool>(
+                            "NOT EXISTS (SELECT 1 FROM fib_flow_workers \
+                             WHERE fib_flow_workers.worker_id = fib_flow_tasks.worker_id \
+                             AND fib_flow_workers.status = 'active')",
+                        ),
+                    )))
                     .order(t::id.asc())
                     .limit(i64::from(limit))
                     .select((t::id, t::attempt, t::deadline))
@@ -545,6 +581,207 @@ macro_rules! store_ops {
                         },
                     })
                     .collect())
+            }
+
+            pub(crate) async fn register_worker_tx(
+                conn: &mut Conn,
+                registration: &WorkerRegistration,
+            ) -> Tx<Worker> {
+                diesel::delete(w::table.find(&registration.worker_id))
+                    .execute(conn)
+                    .await?;
+                let row = WorkerRow::registered(registration);
+                diesel::insert_into(w::table).values(&row).execute(conn).await?;
+                Ok(row.into_worker()?)
+            }
+
+            pub(crate) async fn heartbeat_worker_q(
+                conn: &mut Conn,
+                worker_id: &str,
+                now: DateTime<Utc>,
+                ttl: std::time::Duration,
+            ) -> Tx<bool> {
+                let now = to_millis(now);
+                let renewed = diesel::update(
+                    w::table
+                        .filter(w::worker_id.eq(worker_id))
+                        .filter(w::status.eq(WorkerStatus::Active.as_str())),
+                )
+                .set((
+                    w::last_seen_at.eq(now),
+                    w::expires_at.eq(now.saturating_add(fib_flow_domain::time::duration_millis(ttl))),
+                ))
+                .execute(conn)
+                .await?;
+                Ok(renewed > 0)
+            }
+
+            pub(crate) async fn get_worker_q(conn: &mut Conn, worker_id: &str) -> Tx<Option<Worker>> {
+                let row = w::table
+                    .find(worker_id)
+                    .select(WorkerRow::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?;
+                Ok(row.map(WorkerRow::into_worker).transpose()?)
+            }
+
+            pub(crate) async fn list_workers_q(conn: &mut Conn, query: &WorkerQuery) -> Tx<Vec<Worker>> {
+                let mut select = w::table.select(WorkerRow::as_select()).into_boxed::<Db>();
+                if let Some(pod_id) = &query.pod_id {
+                    select = select.filter(w::pod_id.eq(pod_id.clone()));
+                }
+                if let Some(status) = query.status {
+                    select = select.filter(w::status.eq(status.as_str()));
+                }
+                let rows: Vec<WorkerRow> = select
+                    .order((w::registered_at.asc(), w::worker_id.asc()))
+                    .load(conn)
+                    .await?;
+                Ok(rows.into_iter().map(WorkerRow::into_worker).collect::<Result<_, _>>()?)
+            }
+
+            /// Moves the listed workers from `active` to `status`, each guarded by its
+            /// status (and `extra`), one by primary key; returns those actually moved.
+            async fn retire_workers(
+                conn: &mut Conn,
+                candidates: Vec<String>,
+                status: WorkerStatus,
+                now: i64,
+                expired_before: Option<i64>,
+            ) -> Tx<Vec<String>> {
+                let mut moved = Vec::with_capacity(candidates.len());
+                for worker_id in candidates {
+                    let guarded = w::table
+                        .filter(w::worker_id.eq(&worker_id))
+                        .filter(w::status.eq(WorkerStatus::Active.as_str()))
+                        .filter(w::expires_at.lt(expired_before.unwrap_or(i64::MAX)));
+                    let changed = if status == WorkerStatus::Superseded {
+                        diesel::update(guarded)
+                            .set((w::status.eq(status.as_str()), w::superseded_at.eq(now)))
+                            .execute(conn)
+                            .await?
+                    } else {
+                        diesel::update(guarded)
+                            .set((w::status.eq(status.as_str()), w::dead_at.eq(now)))
+                            .execute(conn)
+                            .await?
+                    };
+                    if changed > 0 {
+                        moved.push(worker_id);
+                    }
+                }
+                Ok(moved)
+            }
+
+            pub(crate) async fn supersede_tx(
+                conn: &mut Conn,
+                pod_id: &str,
+                current: &str,
+                now: DateTime<Utc>,
+            ) -> Tx<Vec<String>> {
+                let mut candidates: Vec<String> = w::table
+                    .filter(w::pod_id.eq(pod_id))
+                    .filter(w::status.eq(WorkerStatus::Active.as_str()))
+                    .filter(w::worker_id.ne(current))
+                    .select(w::worker_id)
+                    .load(conn)
+                    .await?;
+                candidates.sort();
+                retire_workers(conn, candidates, WorkerStatus::Superseded, to_millis(now), None).await
+            }
+
+            pub(crate) async fn reap_tx(
+                conn: &mut Conn,
+                now: DateTime<Utc>,
+                recovery: Option<&Recovery>,
+            ) -> Tx<ReapReport> {
+                let now_ms = to_millis(now);
+                let mut candidates: Vec<String> = w::table
+                    .filter(w::status.eq(WorkerStatus::Active.as_str()))
+                    .filter(w::expires_at.lt(now_ms))
+                    .select(w::worker_id)
+                    .load(conn)
+                    .await?;
+                if candidates.is_empty() {
+                    return Ok(ReapReport::default());
+                }
+                candidates.sort();
+                let reaped =
+                    retire_workers(conn, candidates, WorkerStatus::Dead, now_ms, Some(now_ms)).await?;
+                let recovered = match recovery {
+                    Some(recovery) if !reaped.is_empty() => recover_tx(conn, &reaped, recovery).await?,
+                    _ => 0,
+                };
+                Ok(ReapReport { reaped, recovered })
+            }
+
+            /// Every running attempt of the given workers back to `pending` through the
+            /// domain's `Recover` (fenced by attempt), a chunk of rows at a time.
+            pub(crate) async fn recover_tx(
+                conn: &mut Conn,
+                worker_ids: &[String],
+                recovery: &Recovery,
+            ) -> Tx<u64> {
+                if worker_ids.is_empty() {
+                    return Ok(0);
+                }
+                let running: Vec<(i64, i32)> = t::table
+                    .filter($crate::orchestration::is_running())
+                    .filter(t::worker_id.eq_any(worker_ids))
+                    .order(t::id.asc())
+                    .select((t::id, t::attempt))
+                    .load(conn)
+                    .await?;
+                let mut recovered = 0u64;
+                for chunk in running.chunks(CHUNK) {
+                    let commands: Vec<BatchCommand> = chunk
+                        .iter()
+                        .map(|&(id, attempt)| BatchCommand {
+                            task_id: TaskId(id),
+                            command: Command::Recover {
+                                attempt,
+                                by_worker_id: recovery.by_worker_id.clone(),
+                                by_pod_id: recovery.by_pod_id.clone(),
+                            },
+                            at: recovery.now,
+                        })
+                        .collect();
+                    let verdicts = apply_batch_tx(conn, &commands).await?;
+                    recovered += verdicts.iter().filter(|verdict| verdict.is_ok()).count() as u64;
+                }
+                Ok(recovered)
+            }
+
+            pub(crate) async fn stop_worker_q(conn: &mut Conn, worker_id: &str, now: DateTime<Utc>) -> Tx<()> {
+                let now = to_millis(now);
+                diesel::update(w::table.filter(w::worker_id.eq(worker_id)))
+                    .set((
+                        w::status.eq(WorkerStatus::Stopped.as_str()),
+                        w::last_seen_at.eq(now),
+                        w::dead_at.eq(now),
+                    ))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
+
+            pub(crate) async fn idle_attempts_q(
+                conn: &mut Conn,
+                worker_id: &str,
+                idle_before: DateTime<Utc>,
+                limit: u32,
+            ) -> Tx<Vec<(TaskId, i32)>> {
+                let rows: Vec<(i64, i32)> = t::table
+                    .filter($crate::orchestration::is_running())
+                    .filter(t::worker_id.eq(worker_id))
+                    .filter(t::last_active_time.lt(to_millis(idle_before)))
+                    .order(t::id.asc())
+                    .limit(i64::from(limit))
+                    .select((t::id, t::attempt))
+                    .load(conn)
+                    .await?;
+                Ok(rows.into_iter().map(|(id, attempt)| (TaskId(id), attempt)).collect())
             }
 
             pub(crate) async fn outstanding_q(conn: &mut Conn, parent: TaskId, round: i32) -> Tx<i32> {
@@ -1224,6 +1461,122 @@ macro_rules! impl_task_store {
                 conn.$tx(async |c| ops::purge_tx(c, &run).await)
                     .await
                     .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn register_worker(
+                &self,
+                registration: fib_flow_ports::WorkerRegistration,
+            ) -> Result<fib_flow_domain::Worker, fib_flow_ports::PortError> {
+                fib_flow_domain::limits::check_name("worker_id", &registration.worker_id)
+                    .and_then(|()| {
+                        fib_flow_domain::limits::check_name("pod_id", &registration.pod_id)
+                    })
+                    .map_err(fib_flow_ports::PortError::Rejected)?;
+                let _writer = self.write_guard().await?;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::register_worker_tx(c, &registration).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn heartbeat_worker(
+                &self,
+                worker_id: String,
+                now: chrono::DateTime<chrono::Utc>,
+                ttl: std::time::Duration,
+            ) -> Result<bool, fib_flow_ports::PortError> {
+                let _writer = self.write_guard().await?;
+                let mut conn = self.conn().await?;
+                ops::heartbeat_worker_q(&mut conn, &worker_id, now, ttl)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn get_worker(
+                &self,
+                worker_id: String,
+            ) -> Result<Option<fib_flow_domain::Worker>, fib_flow_ports::PortError> {
+                let mut conn = self.conn().await?;
+                ops::get_worker_q(&mut conn, &worker_id)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn list_workers(
+                &self,
+                query: fib_flow_domain::WorkerQuery,
+            ) -> Result<Vec<fib_flow_domain::Worker>, fib_flow_ports::PortError> {
+                let mut conn = self.conn().await?;
+                ops::list_workers_q(&mut conn, &query)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn supersede_workers(
+                &self,
+                pod_id: String,
+                current_worker_id: String,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<String>, fib_flow_ports::PortError> {
+                let _writer = self.write_guard().await?;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::supersede_tx(c, &pod_id, &current_worker_id, now).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn reap_workers(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                recovery: Option<fib_flow_ports::Recovery>,
+            ) -> Result<fib_flow_ports::ReapReport, fib_flow_ports::PortError> {
+                let _writer = self.write_guard().await?;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::reap_tx(c, now, recovery.as_ref()).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn recover_tasks(
+                &self,
+                worker_ids: Vec<String>,
+                recovery: fib_flow_ports::Recovery,
+            ) -> Result<u64, fib_flow_ports::PortError> {
+                if worker_ids.is_empty() {
+                    return Ok(0);
+                }
+                let _writer = self.write_guard().await?;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::recover_tx(c, &worker_ids, &recovery).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn stop_worker(
+                &self,
+                worker_id: String,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), fib_flow_ports::PortError> {
+                let _writer = self.write_guard().await?;
+                let mut conn = self.conn().await?;
+                ops::stop_worker_q(&mut conn, &worker_id, now)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
+            }
+
+            async fn idle_attempts(
+                &self,
+                worker_id: String,
+                idle_before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<(fib_flow_domain::TaskId, i32)>, fib_flow_ports::PortError> {
+                if limit == 0 {
+                    return Ok(Vec::new());
+                }
+                let mut conn = self.conn().await?;
+                ops::idle_attempts_q(&mut conn, &worker_id, idle_before, limit)
+                    .await
+                    .map_err(|e| e.into_port(BACKEND))
             }
 
             async fn wait_for_notification(&self) {

@@ -9,11 +9,13 @@ use diesel::prelude::*;
 use fib_flow_domain::time::{duration_millis, from_millis, millis_duration, to_millis};
 use fib_flow_domain::{
     AttemptOutcome, ChildFailurePolicy, ChildResult, NewAttempt, NewEvent, NewTask, RetryBackoff,
-    Task, TaskAttempt, TaskEvent, TaskId, TaskStatus, TaskType,
+    Task, TaskAttempt, TaskEvent, TaskId, TaskStatus, TaskType, Worker, WorkerStatus,
 };
 use serde_json::Value;
 
-use crate::schema::{fib_flow_task_attempts, fib_flow_task_events, fib_flow_tasks};
+use crate::schema::{
+    fib_flow_task_attempts, fib_flow_task_events, fib_flow_tasks, fib_flow_workers,
+};
 
 /// A stored value that does not decode into the domain (a malformed enum string, say).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -637,5 +639,69 @@ impl BatchWrite {
             batch.notify |= tr.task.status == TaskStatus::Pending && tr.task.next_run_time <= now;
         }
         batch
+    }
+}
+
+/// A `fib_flow_workers` row, as read and as inserted.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = fib_flow_workers)]
+#[allow(missing_docs)]
+pub struct WorkerRow {
+    pub worker_id: String,
+    pub pod_id: String,
+    pub status: String,
+    pub registered_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+    pub superseded_at: Option<i64>,
+    pub dead_at: Option<i64>,
+    pub meta: Option<String>,
+}
+
+impl WorkerRow {
+    /// A fresh `active` row for a registration.
+    pub fn registered(registration: &fib_flow_ports::WorkerRegistration) -> WorkerRow {
+        let now = to_millis(registration.now);
+        WorkerRow {
+            worker_id: registration.worker_id.clone(),
+            pod_id: registration.pod_id.clone(),
+            status: WorkerStatus::Active.as_str().to_owned(),
+            registered_at: now,
+            last_seen_at: now,
+            expires_at: now.saturating_add(duration_millis(registration.ttl)),
+            superseded_at: None,
+            dead_at: None,
+            meta: Some(json_to_text(&registration.meta)),
+        }
+    }
+
+    /// Decodes the row; a malformed status or meta is an error naming the worker.
+    pub fn into_worker(self) -> Result<Worker, DecodeError> {
+        let status = WorkerStatus::parse_field(&self.status, "status").map_err(|_| {
+            DecodeError(format!(
+                "worker {}: stored status `{}` is not valid",
+                self.worker_id, self.status
+            ))
+        })?;
+        let meta = match self.meta.as_deref() {
+            None => None,
+            Some(text) => Some(serde_json::from_str(text).map_err(|error| {
+                DecodeError(format!(
+                    "worker {}: stored meta is not readable JSON ({error})",
+                    self.worker_id
+                ))
+            })?),
+        };
+        Ok(Worker {
+            worker_id: self.worker_id,
+            pod_id: self.pod_id,
+            status,
+            registered_at: from_millis(self.registered_at),
+            last_seen_at: from_millis(self.last_seen_at),
+            expires_at: from_millis(self.expires_at),
+            superseded_at: self.superseded_at.map(from_millis),
+            dead_at: self.dead_at.map(from_millis),
+            meta,
+        })
     }
 }

@@ -36,6 +36,7 @@ fn claim_req(worker: &str, list: &[&str], limit: u32, now_ms: i64) -> ClaimReque
         now: at(now_ms),
         limit,
         names: names(list),
+        require_active_lease: false,
     }
 }
 
@@ -284,6 +285,7 @@ async fn claim_order_due_names_and_caps(ctx: Ctx) {
                 max: None,
             },
         ],
+        require_active_lease: false,
     };
     let claimed: Vec<TaskId> = ctx
         .store

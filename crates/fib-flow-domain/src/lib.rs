@@ -20,6 +20,7 @@ pub mod progress;
 pub mod query;
 pub mod serde_units;
 pub mod time;
+pub mod worker;
 
 pub use cron::CronSchedule;
 pub use error::DomainError;
@@ -34,3 +35,4 @@ pub use model::{
 pub use options::{
     HandlerOptions, ManagerOptions, RetentionConfig, RetentionPolicy, TaskDefaults, TaskOptions,
 };
+pub use worker::{Worker, WorkerQuery, WorkerStatus};

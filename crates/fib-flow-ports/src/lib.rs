@@ -1,7 +1,7 @@
 //! The ports of fib-flow: the async traits the runtime is written against.
 //!
 //! Owns: [`TaskStore`] (everything persisted: tasks, attempts, events, claims, guarded
-//! transitions, queries, retention), [`Clock`] (the current instant and timed waits, so tests can
+//! transitions, queries, retention, the worker registry), [`Clock`] (the current instant and timed waits, so tests can
 //! drive time by hand), the handler contract ([`TaskHandler`], [`TaskHandle`], [`Outcome`]) and
 //! [`PortError`]. Mocks of the traits (mockall) are behind the `mocks` feature.
 //!
@@ -19,8 +19,8 @@ pub use handle::{
     HandlerError, HandlerResult, Outcome, Spawn, Suspension, TaskHandle, TaskHandler,
 };
 pub use store::{
-    BatchCommand, ClaimName, ClaimRequest, Expiry, RetentionReport, RetentionRun, SpawnRequest,
-    TaskStore,
+    BatchCommand, ClaimName, ClaimRequest, Expiry, ReapReport, Recovery, RetentionReport,
+    RetentionRun, SpawnRequest, TaskStore, WorkerRegistration,
 };
 
 #[cfg(feature = "mocks")]

@@ -8,7 +8,7 @@ use fib_flow_domain::query::{
 };
 use fib_flow_domain::{
     ChildFailurePolicy, ChildResult, Command, ExpiryKind, NewTask, Task, TaskAttempt, TaskEvent,
-    TaskId, TaskStatus,
+    TaskId, TaskStatus, Worker, WorkerQuery,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,9 @@ pub struct ClaimRequest {
     pub limit: u32,
     /// Names eligible for this round.
     pub names: Vec<ClaimName>,
+    /// Claim only while `worker_id` holds an active registry row (checked in the claim
+    /// statement itself, so a worker superseded or reaped a moment ago claims nothing).
+    pub require_active_lease: bool,
 }
 
 /// A handler's `next(children)`: children to insert and the parent's suspension, atomically.
@@ -74,6 +77,41 @@ pub struct Expiry {
     pub attempt: i32,
     /// Which limit it exceeded.
     pub kind: ExpiryKind,
+}
+
+/// A worker's (re-)registration in the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRegistration {
+    /// The process instance.
+    pub worker_id: String,
+    /// Its stable identity.
+    pub pod_id: String,
+    /// Registration instant (`registered_at`, `last_seen_at`).
+    pub now: DateTime<Utc>,
+    /// Lease length: `expires_at = now + ttl`.
+    pub ttl: std::time::Duration,
+    /// `{ pid, started_at }` and, on re-registration, `recovered_at`.
+    pub meta: serde_json::Value,
+}
+
+/// Who recovers the running tasks of unavailable workers, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    /// The recovering worker (recorded on the `task_recovered` event).
+    pub by_worker_id: String,
+    /// Its pod.
+    pub by_pod_id: Option<String>,
+    /// The instant of the recovery.
+    pub now: DateTime<Utc>,
+}
+
+/// What [`TaskStore::reap_workers`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Workers whose lease had expired, now `dead`.
+    pub reaped: Vec<String>,
+    /// Their running tasks returned to `pending` (zero when no recovery was asked for).
+    pub recovered: u64,
 }
 
 /// One retention batch.
@@ -168,8 +206,10 @@ pub trait TaskStore: Send + Sync {
     /// the event's task and attempt. Returns the event id.
     async fn record(&self, record: HandlerRecord) -> Result<i64, PortError>;
 
-    /// Running attempts whose deadline is before `now` or whose last activity is before
-    /// `heartbeat_cutoff`, at most `limit`.
+    /// Running attempts whose deadline is before `now`, or whose last activity is before
+    /// `heartbeat_cutoff` while their worker has no `active` registry row (an active worker
+    /// heartbeats its attempts and recovers any it lost; an expired one is reaped and its
+    /// attempts recovered without a retry), at most `limit`.
     async fn expired_attempts(
         &self,
         now: DateTime<Utc>,
@@ -226,6 +266,64 @@ pub trait TaskStore: Send + Sync {
 
     /// Deletes one batch of expired workflows (every member eligible) with their audit rows.
     async fn purge_expired(&self, run: RetentionRun) -> Result<RetentionReport, PortError>;
+
+    /// Registers a worker: any row with its id is replaced by an `active` one whose lease
+    /// ends at `now + ttl`, in one transaction. Returns the row.
+    async fn register_worker(&self, registration: WorkerRegistration) -> Result<Worker, PortError>;
+
+    /// Renews an `active` worker's lease (`last_seen_at = now`, `expires_at = now + ttl`).
+    /// Returns false, changing nothing, when the worker is not `active`.
+    async fn heartbeat_worker(
+        &self,
+        worker_id: String,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<bool, PortError>;
+
+    /// One registry row.
+    async fn get_worker(&self, worker_id: String) -> Result<Option<Worker>, PortError>;
+
+    /// Registry rows matching the filter, ordered by `registered_at, worker_id`.
+    async fn list_workers(&self, query: WorkerQuery) -> Result<Vec<Worker>, PortError>;
+
+    /// Marks every other `active` worker of `pod_id` `superseded` (at `now`), in one
+    /// transaction. Returns their ids.
+    async fn supersede_workers(
+        &self,
+        pod_id: String,
+        current_worker_id: String,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, PortError>;
+
+    /// Marks every `active` worker whose lease ended strictly before `now` `dead` and, when
+    /// `recovery` is given, returns their running tasks to `pending` (attempt `interrupted`,
+    /// event `task_recovered`, no retry charged), all in one transaction, so that no sweep can
+    /// see a reaped worker's tasks before they are recovered.
+    async fn reap_workers(
+        &self,
+        now: DateTime<Utc>,
+        recovery: Option<Recovery>,
+    ) -> Result<ReapReport, PortError>;
+
+    /// Returns the running tasks of the given workers to `pending` as in
+    /// [`TaskStore::reap_workers`], in one transaction. Returns how many were recovered.
+    async fn recover_tasks(
+        &self,
+        worker_ids: Vec<String>,
+        recovery: Recovery,
+    ) -> Result<u64, PortError>;
+
+    /// Marks a worker `stopped` (a graceful stop: it released its tasks itself).
+    async fn stop_worker(&self, worker_id: String, now: DateTime<Utc>) -> Result<(), PortError>;
+
+    /// Running attempts owned by `worker_id` whose last activity is before `idle_before`,
+    /// at most `limit`, ordered by task id.
+    async fn idle_attempts(
+        &self,
+        worker_id: String,
+        idle_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(TaskId, i32)>, PortError>;
 
     /// Resolves when another process may have made work due (PostgreSQL LISTEN/NOTIFY).
     /// Backends without notifications never resolve; the runtime also polls.

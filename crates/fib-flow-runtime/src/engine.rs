@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use fib_flow_domain::options::{self, TaskDefaults};
 use fib_flow_domain::{
     Command, CronSchedule, DomainError, HandlerOptions, ManagerOptions, NewTask, RetentionPolicy,
-    Task, TaskId, TaskOptions, TaskStatus, TaskType, time,
+    Task, TaskId, TaskOptions, TaskStatus, TaskType, Worker, WorkerQuery, time,
 };
 use fib_flow_ports::{
     ClaimRequest, Clock, HandlerError, Outcome, PortError, RetentionReport, TaskHandle,
@@ -151,8 +151,8 @@ pub(crate) struct Inner {
     pub(crate) in_flight: Mutex<HashMap<(TaskId, i32), InFlight>>,
     /// Stops the claim loop (first step of `stop`).
     claim_shutdown: CancellationToken,
-    /// Stops maintenance and the notification listener (after the drain).
-    background_shutdown: CancellationToken,
+    /// Stops maintenance, the lease loop and the notification listener (after the drain).
+    pub(crate) background_shutdown: CancellationToken,
     background: Mutex<Background>,
     /// When automatic retention runs next; `None` until the first tick schedules it.
     pub(crate) retention_due: Mutex<Option<DateTime<Utc>>>,
@@ -161,6 +161,11 @@ pub(crate) struct Inner {
     /// Batches execution outcomes into shared transactions; started by the first outcome, so
     /// that building an engine needs no runtime.
     writer: OnceLock<OutcomeWriter>,
+    /// Whether this worker holds an active registry lease (and so may claim). False until the
+    /// first registration, while a successor of its pod is active, and after `stop`.
+    pub(crate) leased: watch::Sender<bool>,
+    /// When `start` ran (the registry's `meta.started_at`).
+    pub(crate) started_at: OnceLock<DateTime<Utc>>,
 }
 
 /// The fib-flow engine: handler registry, submission, the claim loop, executions,
@@ -240,6 +245,8 @@ impl Engine {
                 retention_due: Mutex::new(None),
                 jitter_state: AtomicUsize::new(0),
                 writer: OnceLock::new(),
+                leased: watch::Sender::new(false),
+                started_at: OnceLock::new(),
             }),
         })
     }
@@ -494,6 +501,8 @@ impl Engine {
                 .unwrap_or_else(PoisonError::into_inner) =
                 Some(time::add(now, self.inner.options.retention_interval));
         }
+        let _ = self.inner.started_at.set(now);
+        let lease = tokio::spawn(self.inner.clone().lease_loop());
         let claim_loop = tokio::spawn(self.inner.clone().claim_loop());
         let maintenance = tokio::spawn(self.inner.clone().maintenance_loop());
         let listener = tokio::spawn(self.inner.clone().notification_loop());
@@ -503,7 +512,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         background.claim_loop = Some(claim_loop);
-        background.others = vec![maintenance, listener];
+        background.others = vec![lease, maintenance, listener];
         tracing::info!(worker_id = %self.inner.worker_id, backend = self.inner.store.backend(), "engine started");
         Ok(())
     }
@@ -552,6 +561,7 @@ impl Engine {
                     tracing::error!(%error, "background loop ended abnormally");
                 }
             }
+            self.inner.mark_stopped().await;
         }
         self.inner.state.send_replace(ManagerState::Stopped);
         tracing::info!(worker_id = %self.inner.worker_id, "engine stopped");
@@ -575,6 +585,40 @@ impl Engine {
     pub fn resume(&self) {
         self.inner.paused.send_replace(false);
         self.inner.wake.notify_one();
+    }
+
+    /// Registry rows matching the filter, ordered by `registered_at, worker_id`.
+    pub async fn workers(&self, query: WorkerQuery) -> Result<Vec<Worker>, RuntimeError> {
+        if let Some(pod_id) = &query.pod_id {
+            fib_flow_domain::limits::check_name("pod_id", pod_id)?;
+        }
+        Ok(self.inner.store.list_workers(query).await?)
+    }
+
+    /// One registry row.
+    pub async fn worker(&self, worker_id: &str) -> Result<Option<Worker>, RuntimeError> {
+        fib_flow_domain::limits::check_name("worker_id", worker_id)?;
+        Ok(self.inner.store.get_worker(worker_id.to_owned()).await?)
+    }
+
+    /// Whether this worker holds an active lease and may claim (false before its first
+    /// registration, while a successor of its pod is active, and after `stop`).
+    pub fn is_leased(&self) -> bool {
+        *self.inner.leased.borrow()
+    }
+
+    /// Runs one lease check now (renew, reap and recover, settle standing), as the lease loop
+    /// does every `worker_heartbeat_interval`. Returns whether this worker may claim
+    /// afterwards. A worker whose start-up registration has not happened yet registers here
+    /// as a revived one would.
+    pub async fn run_lease_check(&self) -> Result<bool, RuntimeError> {
+        let state = self.state();
+        if state != ManagerState::Running {
+            return Err(RuntimeError::NotRunning {
+                state: state.as_str(),
+            });
+        }
+        Ok(self.inner.lease_check().await? == crate::lease::Standing::Active)
     }
 
     /// Pauses one task (`pending`, `running`, `failed`, `timeout`). A running attempt in this
@@ -772,6 +816,7 @@ impl Inner {
     /// and never exits before `stop`.
     async fn claim_loop(self: Arc<Self>) {
         let mut paused = self.paused.subscribe();
+        let mut leased = self.leased.subscribe();
         let mut handlers = self.handlers.subscribe();
         let mut failures: u32 = 0;
         let max = self.options.max_concurrent_tasks;
@@ -782,6 +827,13 @@ impl Inner {
             // Pause gate: only claiming waits here.
             tokio::select! {
                 result = paused.wait_for(|paused| !*paused) => {
+                    if result.is_err() { break; }
+                }
+                () = self.claim_shutdown.cancelled() => break,
+            }
+            // A lease: registered, and not stepped aside for a successor of our pod.
+            tokio::select! {
+                result = leased.wait_for(|leased| *leased) => {
                     if result.is_err() { break; }
                 }
                 () = self.claim_shutdown.cancelled() => break,
@@ -824,6 +876,7 @@ impl Inner {
                 now: self.clock.now(),
                 limit: u32::try_from(limit).unwrap_or(u32::MAX),
                 names,
+                require_active_lease: true,
             };
             // This round sees every task submitted so far, so it satisfies the wake-ups
             // posted until now; consuming them avoids an immediate, redundant second round.
@@ -978,7 +1031,7 @@ impl Inner {
 /// `base × 2^(failures-1)` with `base = min(poll_interval, 250 ms)`, capped at 30 s. Not a
 /// multiple of `poll_interval`: that is the idle cadence, and a worker that polls rarely (or
 /// relies on NOTIFY) must still come back within seconds after a database restart.
-fn loop_backoff(poll_interval: Duration, failures: u32) -> Duration {
+pub(crate) fn loop_backoff(poll_interval: Duration, failures: u32) -> Duration {
     let base = poll_interval.min(FIRST_FAULT_BACKOFF);
     let factor = 1u32
         .checked_shl(failures.saturating_sub(1).min(16))

@@ -19,6 +19,13 @@ pub enum RuntimeError {
     /// `start` after `stop`.
     #[error("Cannot restart a stopped TaskManager")]
     AlreadyStopped,
+    /// An operation that needs a running engine (a lease check) before `start` or after
+    /// `stop`.
+    #[error("The TaskManager is not running (state: {state})")]
+    NotRunning {
+        /// The state it is in.
+        state: &'static str,
+    },
     /// A storage error.
     #[error(transparent)]
     Store(PortError),

@@ -115,7 +115,19 @@ impl Inner {
         if let Ended::Returned(_) = ended {
             slot.end_handler();
         }
+        // A handler that noticed `stop()` cancelling it and gave up (an error, a panic) was
+        // interrupted, not failed: release the task as a stop does, charging no retry. A
+        // result it still returned is kept.
+        let stopping = cancel.token.is_cancelled() && cancel.reason() == CancelReason::Stopping;
         match ended {
+            Ended::Returned(result) if stopping && !matches!(result, Ok(Ok(_))) => {
+                tracing::debug!(task_id = %id, attempt, "handler gave up on stop; releasing the task");
+                let release = Command::Release {
+                    attempt,
+                    reason: "worker_stopping".into(),
+                };
+                self.write(id, attempt, "release", release).await;
+            }
             Ended::Returned(Ok(result)) => self.record(&task, &probe, result).await,
             Ended::Returned(Err(error)) => {
                 let message = if error.is_panic() {

@@ -20,6 +20,7 @@ pub mod clock;
 mod engine;
 mod error;
 mod execution;
+mod lease;
 mod maintenance;
 mod registry;
 mod retry;

@@ -51,7 +51,8 @@ pub use fib_flow_domain::query::{
 pub use fib_flow_domain::{
     AttemptOutcome, ChildFailurePolicy, ChildResult, ChildSpec, DomainError, EventType,
     HandlerOptions, ManagerOptions, RetentionConfig, RetentionPolicy, RetryBackoff, Task,
-    TaskAttempt, TaskEvent, TaskId, TaskOptions, TaskStatus, TaskType,
+    TaskAttempt, TaskEvent, TaskId, TaskOptions, TaskStatus, TaskType, Worker, WorkerQuery,
+    WorkerStatus,
 };
 pub use fib_flow_ports::{
     Clock, ConnectErrorKind, HandlerError, HandlerResult, Outcome, PortError, RetentionReport,
@@ -60,6 +61,36 @@ pub use fib_flow_ports::{
 pub use fib_flow_runtime::clock::{ManualClock, SystemClock};
 pub use fib_flow_runtime::{ManagerState, RuntimeError, SweepReport, TaskInfo};
 pub use serde_json::{Value, json};
+
+/// Resolves on the first SIGTERM (Unix) or ctrl-c: the signals a deployment stops a process
+/// with. [`TaskManager::run_until_shutdown`] waits on it; use it directly to stop other parts
+/// of a service on the same signal.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for ctrl-c; waiting for SIGTERM only");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; waiting for ctrl-c only");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
 
 /// Storage-level helpers (database creation for isolated test runs).
 pub mod storage {

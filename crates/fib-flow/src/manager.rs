@@ -13,7 +13,7 @@ use fib_flow_domain::query::{
 };
 use fib_flow_domain::{
     DomainError, HandlerOptions, ManagerOptions, RetentionPolicy, Task, TaskAttempt, TaskEvent,
-    TaskId, TaskOptions, TaskStatus,
+    TaskId, TaskOptions, TaskStatus, Worker, WorkerQuery,
 };
 use fib_flow_ports::{
     Clock, HandlerError, Outcome, RetentionReport, TaskHandle, TaskHandler, TaskStore,
@@ -284,6 +284,43 @@ impl TaskManager {
     /// Runs one maintenance tick now (heartbeat and timeout sweep).
     pub async fn run_maintenance(&self) -> Result<SweepReport> {
         Ok(self.engine.run_maintenance().await?)
+    }
+
+    /// Starts (unless already running), waits for SIGTERM or ctrl-c, then stops gracefully:
+    /// what a deployed worker's `main` ends with, so that systemd, docker or Kubernetes
+    /// stopping the process drains and releases its tasks instead of leaving them `running`.
+    pub async fn run_until_shutdown(&self) -> Result<()> {
+        if self.state() == ManagerState::Init {
+            self.start().await?;
+        }
+        crate::shutdown_signal().await;
+        tracing::info!(worker_id = %self.worker_id(), "shutdown signal received; stopping");
+        self.stop().await
+    }
+
+    /// Runs one worker-registry lease check now (renew, reap and recover dead workers, step
+    /// aside for or take over from a worker of the same pod), as the lease loop does every
+    /// `worker_heartbeat_interval`. Returns whether this worker may claim afterwards.
+    pub async fn run_lease_check(&self) -> Result<bool> {
+        Ok(self.engine.run_lease_check().await?)
+    }
+
+    /// Whether this worker holds an active registry lease and may claim.
+    pub fn is_leased(&self) -> bool {
+        self.engine.is_leased()
+    }
+
+    // --- worker registry --------------------------------------------------------------
+
+    /// Registered workers matching the filter (pod, status), ordered by `registered_at`,
+    /// `worker_id`.
+    pub async fn workers(&self, query: WorkerQuery) -> Result<Vec<Worker>> {
+        Ok(self.engine.workers(query).await?)
+    }
+
+    /// One registered worker, or `None`.
+    pub async fn worker(&self, worker_id: &str) -> Result<Option<Worker>> {
+        Ok(self.engine.worker(worker_id).await?)
     }
 
     // --- snapshot queries -------------------------------------------------------------

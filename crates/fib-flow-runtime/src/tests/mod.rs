@@ -10,6 +10,7 @@
 mod clock;
 mod control;
 mod execution;
+mod lease;
 mod maintenance;
 mod scheduling;
 mod submission;
@@ -27,11 +28,11 @@ use fib_flow_domain::query::{
 };
 use fib_flow_domain::{
     ChildFailurePolicy, ChildResult, Command, ManagerOptions, NewTask, RetryBackoff, Task,
-    TaskAttempt, TaskEvent, TaskId, TaskStatus, TaskType,
+    TaskAttempt, TaskEvent, TaskId, TaskStatus, TaskType, Worker, WorkerQuery, WorkerStatus,
 };
 use fib_flow_ports::{
-    BatchCommand, ClaimRequest, Expiry, MockTaskStore, PortError, RetentionReport, RetentionRun,
-    SpawnRequest, TaskStore,
+    BatchCommand, ClaimRequest, Expiry, MockTaskStore, PortError, ReapReport, Recovery,
+    RetentionReport, RetentionRun, SpawnRequest, TaskStore, WorkerRegistration,
 };
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -60,6 +61,16 @@ pub(crate) enum Ev {
     Started(TaskId),
     /// A handler future was dropped (test handlers report it through [`DropFlag`]).
     Dropped(TaskId),
+    /// `register_worker` (worker id, whether the meta says it is a revival).
+    Register(String, bool),
+    /// `supersede_workers` superseded these.
+    Supersede(Vec<String>),
+    /// `reap_workers` reaped these (logged only when it reaped some).
+    Reap(Vec<String>),
+    /// `recover_tasks` for these workers.
+    Recover(Vec<String>),
+    /// `stop_worker`.
+    StopWorker(String),
 }
 
 /// Shared script and log of the fake store.
@@ -76,6 +87,10 @@ pub(crate) struct Rec {
     pub(crate) child_results: Mutex<Vec<ChildResult>>,
     pub(crate) notify: Notify,
     next_id: AtomicUsize,
+    /// The in-memory worker registry (behavior.md §6.1 semantics).
+    pub(crate) workers: Mutex<std::collections::BTreeMap<String, Worker>>,
+    /// What `idle_attempts` returns next.
+    pub(crate) idle: Mutex<Vec<(TaskId, i32)>>,
 }
 
 impl Rec {
@@ -93,6 +108,8 @@ impl Rec {
             child_results: Mutex::default(),
             notify: Notify::new(),
             next_id: AtomicUsize::new(100),
+            workers: Mutex::default(),
+            idle: Mutex::default(),
         })
     }
 
@@ -103,6 +120,39 @@ impl Rec {
 
     pub(crate) fn log(&self) -> Vec<Ev> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Puts a registry row in place, as another process would have.
+    pub(crate) fn put_worker(
+        &self,
+        worker_id: &str,
+        pod_id: &str,
+        status: WorkerStatus,
+        expires_at: DateTime<Utc>,
+    ) {
+        self.workers.lock().unwrap().insert(
+            worker_id.to_owned(),
+            Worker {
+                worker_id: worker_id.to_owned(),
+                pod_id: pod_id.to_owned(),
+                status,
+                registered_at: expires_at,
+                last_seen_at: expires_at,
+                expires_at,
+                superseded_at: None,
+                dead_at: None,
+                meta: None,
+            },
+        );
+    }
+
+    /// A registry row's status.
+    pub(crate) fn worker_status(&self, worker_id: &str) -> Option<WorkerStatus> {
+        self.workers
+            .lock()
+            .unwrap()
+            .get(worker_id)
+            .map(|worker| worker.status)
     }
 
     /// Scripts the next claim result.
@@ -399,6 +449,129 @@ impl TaskStore for TestStore {
     }
     async fn purge_expired(&self, run: RetentionRun) -> Result<RetentionReport, PortError> {
         self.mock.purge_expired(run).await
+    }
+    async fn register_worker(&self, registration: WorkerRegistration) -> Result<Worker, PortError> {
+        let revived = registration.meta.get("recovered_at").is_some();
+        self.rec
+            .push(Ev::Register(registration.worker_id.clone(), revived));
+        let now = registration.now;
+        let worker = Worker {
+            worker_id: registration.worker_id.clone(),
+            pod_id: registration.pod_id,
+            status: WorkerStatus::Active,
+            registered_at: now,
+            last_seen_at: now,
+            expires_at: now + registration.ttl,
+            superseded_at: None,
+            dead_at: None,
+            meta: Some(registration.meta),
+        };
+        self.rec
+            .workers
+            .lock()
+            .unwrap()
+            .insert(registration.worker_id, worker.clone());
+        Ok(worker)
+    }
+    async fn heartbeat_worker(
+        &self,
+        worker_id: String,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<bool, PortError> {
+        let mut workers = self.rec.workers.lock().unwrap();
+        match workers.get_mut(&worker_id) {
+            Some(worker) if worker.status == WorkerStatus::Active => {
+                worker.last_seen_at = now;
+                worker.expires_at = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+    async fn get_worker(&self, worker_id: String) -> Result<Option<Worker>, PortError> {
+        Ok(self.rec.workers.lock().unwrap().get(&worker_id).cloned())
+    }
+    async fn list_workers(&self, query: WorkerQuery) -> Result<Vec<Worker>, PortError> {
+        Ok(self
+            .rec
+            .workers
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|w| query.pod_id.as_ref().is_none_or(|pod| *pod == w.pod_id))
+            .filter(|w| query.status.is_none_or(|status| status == w.status))
+            .cloned()
+            .collect())
+    }
+    async fn supersede_workers(
+        &self,
+        pod_id: String,
+        current_worker_id: String,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, PortError> {
+        let mut superseded = Vec::new();
+        for worker in self.rec.workers.lock().unwrap().values_mut() {
+            if worker.pod_id == pod_id
+                && worker.worker_id != current_worker_id
+                && worker.status == WorkerStatus::Active
+            {
+                worker.status = WorkerStatus::Superseded;
+                worker.superseded_at = Some(now);
+                superseded.push(worker.worker_id.clone());
+            }
+        }
+        self.rec.push(Ev::Supersede(superseded.clone()));
+        Ok(superseded)
+    }
+    async fn reap_workers(
+        &self,
+        now: DateTime<Utc>,
+        recovery: Option<Recovery>,
+    ) -> Result<ReapReport, PortError> {
+        let mut reaped = Vec::new();
+        for worker in self.rec.workers.lock().unwrap().values_mut() {
+            if worker.status == WorkerStatus::Active && worker.expires_at < now {
+                worker.status = WorkerStatus::Dead;
+                worker.dead_at = Some(now);
+                reaped.push(worker.worker_id.clone());
+            }
+        }
+        if reaped.is_empty() {
+            return Ok(ReapReport::default());
+        }
+        self.rec.push(Ev::Reap(reaped.clone()));
+        let recovered = if recovery.is_some() {
+            reaped.len() as u64
+        } else {
+            0
+        };
+        Ok(ReapReport { reaped, recovered })
+    }
+    async fn recover_tasks(
+        &self,
+        worker_ids: Vec<String>,
+        _recovery: Recovery,
+    ) -> Result<u64, PortError> {
+        let count = worker_ids.len() as u64;
+        self.rec.push(Ev::Recover(worker_ids));
+        Ok(count)
+    }
+    async fn stop_worker(&self, worker_id: String, now: DateTime<Utc>) -> Result<(), PortError> {
+        if let Some(worker) = self.rec.workers.lock().unwrap().get_mut(&worker_id) {
+            worker.status = WorkerStatus::Stopped;
+            worker.dead_at = Some(now);
+        }
+        self.rec.push(Ev::StopWorker(worker_id));
+        Ok(())
+    }
+    async fn idle_attempts(
+        &self,
+        _worker_id: String,
+        _idle_before: DateTime<Utc>,
+        _limit: u32,
+    ) -> Result<Vec<(TaskId, i32)>, PortError> {
+        Ok(std::mem::take(&mut *self.rec.idle.lock().unwrap()))
     }
     async fn wait_for_notification(&self) {
         self.rec.notify.notified().await;
