@@ -99,4 +99,5 @@ conformance! {
     registry::an_expired_worker_is_reaped_strictly_after_its_lease,
     registry::the_sweep_leaves_an_active_workers_tasks_to_the_registry,
     registry::registry_store_contract,
+    registry::a_handler_that_gives_up_on_stop_is_interrupted_not_failed,
 }

@@ -465,3 +465,56 @@ pub async fn registry_store_contract(db: &TestDb) {
     assert_eq!(store.get_worker("missing".into()).await.expect("get"), None);
     manager.stop().await.expect("stop");
 }
+
+pub async fn a_handler_that_gives_up_on_stop_is_interrupted_not_failed(db: &TestDb) {
+    const TASKS: usize = 20;
+    let options = ManagerOptions {
+        stop_timeout: Duration::from_millis(200),
+        max_concurrent_tasks: TASKS,
+        ..db.options()
+    };
+    let manager = db.manager_with(options, None).await;
+    let started = Arc::new(tokio::sync::Semaphore::new(0));
+    let signal = started.clone();
+    manager
+        .register("cooperative", move |task: TaskHandle| {
+            let started = signal.clone();
+            async move {
+                started.add_permits(1);
+                task.cancellation().cancelled().await;
+                Err::<Outcome, HandlerError>("stop requested; giving up".into())
+            }
+        })
+        .expect("register");
+    let ids = manager
+        .enqueue_many(
+            (0..TASKS)
+                .map(|n| {
+                    let options = TaskOptions::default().max_retries(1);
+                    ("cooperative".to_owned(), json!(n), options)
+                })
+                .collect(),
+        )
+        .await
+        .expect("enqueue");
+    manager.start().await.expect("start");
+    let all_started = tokio::time::timeout(LONG, started.acquire_many(TASKS as u32)).await;
+    assert!(all_started.is_ok(), "every handler started");
+    manager.stop().await.expect("stop");
+
+    for id in ids {
+        let task = manager.get_task(id).await.expect("get").expect("exists");
+        assert_eq!(task.status, TaskStatus::Pending, "task {id} released");
+        assert_eq!(task.retry_count, 0, "task {id}: no retry used");
+        assert_eq!(
+            attempt_outcomes(&manager, id).await,
+            vec![Some(AttemptOutcome::Interrupted)],
+            "task {id}"
+        );
+        assert!(
+            !event_types(&manager, id)
+                .await
+                .contains(&"task_failed".to_owned())
+        );
+    }
+}
