@@ -169,7 +169,29 @@ pub async fn registration_renews_and_a_graceful_stop_marks_stopped(db: &TestDb) 
         Err(Error::Runtime(RuntimeError::InvalidInput(error))) if error.to_string().contains("worker_id")
     ));
 
+    // A task the store says this worker runs but it does not (a claim whose reply was lost):
+    // the graceful stop recovers it instead of leaving it to the sweep.
+    manager.pause();
+    manager.register("job", echo).expect("register");
+    let lost = manager
+        .enqueue("job", json!(1), TaskOptions::default())
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        claim_as(&manager, "w-a", "job", clock.now(), true)
+            .await
+            .len(),
+        1
+    );
+
     manager.stop().await.expect("stop");
+    let recovered = manager.get_task(lost).await.expect("get").expect("exists");
+    assert_eq!(recovered.status, TaskStatus::Pending);
+    assert_eq!(recovered.retry_count, 0);
+    assert_eq!(
+        attempt_outcomes(&manager, lost).await,
+        vec![Some(AttemptOutcome::Interrupted)]
+    );
     let stopped = manager.worker("w-a").await.expect("worker").expect("kept");
     assert_eq!(stopped.status, WorkerStatus::Stopped);
     assert_eq!(stopped.dead_at, Some(clock.now()));
@@ -346,7 +368,7 @@ pub async fn the_sweep_leaves_an_active_workers_tasks_to_the_registry(db: &TestD
 
     // Reaped without recovery (recover_running_jobs off): now the sweep takes over.
     let report = store.reap_workers(later, None).await.expect("reap");
-    assert_eq!(report.reaped, vec!["w-busy".to_owned()]);
+    assert_eq!(report.workers, vec!["w-busy".to_owned()]);
     assert_eq!(report.recovered, 0);
     let expired = store
         .expired_attempts(later, cutoff, 10)
@@ -368,12 +390,24 @@ pub async fn registry_store_contract(db: &TestDb) {
     register_other(&manager, "w-2", "pod-c", t0 + Duration::from_secs(1), ttl).await;
     register_other(&manager, "w-3", "pod-d", t0, ttl).await;
 
-    // Superseding touches only the other active workers of the pod.
+    // Superseding touches only the other active workers of the pod (recovering nothing: none
+    // of them runs a task).
+    let recovery = Recovery {
+        by_worker_id: "w-2".into(),
+        by_pod_id: Some("pod-c".into()),
+        now: t0,
+    };
     let superseded = store
-        .supersede_workers("pod-c".into(), "w-2".into(), t0 + Duration::from_secs(1))
+        .supersede_workers(
+            "pod-c".into(),
+            "w-2".into(),
+            t0 + Duration::from_secs(1),
+            Some(recovery),
+        )
         .await
         .expect("supersede");
-    assert_eq!(superseded, vec!["w-1".to_owned()]);
+    assert_eq!(superseded.workers, vec!["w-1".to_owned()]);
+    assert_eq!(superseded.recovered, 0);
     // A superseded worker's heartbeat changes nothing; an active one's extends its lease.
     let now = t0 + Duration::from_millis(1500);
     assert!(
@@ -416,14 +450,14 @@ pub async fn registry_store_contract(db: &TestDb) {
             .reap_workers(w3_expiry, None)
             .await
             .expect("reap")
-            .reaped
+            .workers
             .is_empty()
     );
     let reaped = store
         .reap_workers(w3_expiry + Duration::from_millis(1), None)
         .await
         .expect("reap");
-    assert_eq!(reaped.reaped, vec!["w-3".to_owned()]);
+    assert_eq!(reaped.workers, vec!["w-3".to_owned()]);
 
     // Re-registration replaces the row: active again, new timestamps, new meta.
     register_other(&manager, "w-3", "pod-d", t0 + Duration::from_secs(9), ttl).await;
@@ -436,19 +470,6 @@ pub async fn registry_store_contract(db: &TestDb) {
     assert_eq!(w3.registered_at, t0 + Duration::from_secs(9));
     assert_eq!(w3.dead_at, None);
 
-    // Recovery with no running task is a no-op; empty ids are refused with the field named.
-    let recovery = Recovery {
-        by_worker_id: "w-2".into(),
-        by_pod_id: Some("pod-c".into()),
-        now: t0,
-    };
-    assert_eq!(
-        store
-            .recover_tasks(vec!["w-1".into()], recovery)
-            .await
-            .expect("recover"),
-        0
-    );
     let refused = store
         .register_worker(WorkerRegistration {
             worker_id: "  ".into(),

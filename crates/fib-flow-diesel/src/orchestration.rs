@@ -85,7 +85,7 @@ macro_rules! store_ops {
             use fib_flow_domain::progress::HandlerRecord;
             use fib_flow_domain::{Worker, WorkerQuery, WorkerStatus};
             use fib_flow_ports::{
-                BatchCommand, ClaimRequest, Expiry, PortError, ReapReport, Recovery, RetentionReport,
+                BatchCommand, ClaimRequest, Expiry, PortError, Recovery, RetentionReport, RetiredWorkers,
                 RetentionRun, SpawnRequest, WorkerRegistration,
             };
 
@@ -679,7 +679,8 @@ macro_rules! store_ops {
                 pod_id: &str,
                 current: &str,
                 now: DateTime<Utc>,
-            ) -> Tx<Vec<String>> {
+                recovery: Option<&Recovery>,
+            ) -> Tx<RetiredWorkers> {
                 let mut candidates: Vec<String> = w::table
                     .filter(w::pod_id.eq(pod_id))
                     .filter(w::status.eq(WorkerStatus::Active.as_str()))
@@ -688,14 +689,31 @@ macro_rules! store_ops {
                     .load(conn)
                     .await?;
                 candidates.sort();
-                retire_workers(conn, candidates, WorkerStatus::Superseded, to_millis(now), None).await
+                let superseded =
+                    retire_workers(conn, candidates, WorkerStatus::Superseded, to_millis(now), None).await?;
+                recover_retired(conn, superseded, recovery).await
+            }
+
+            /// Recovers the running tasks of workers just retired, in the caller's transaction:
+            /// nobody may see them superseded or dead with their tasks still running (the
+            /// heartbeat sweep would take those, charging a retry).
+            async fn recover_retired(
+                conn: &mut Conn,
+                workers: Vec<String>,
+                recovery: Option<&Recovery>,
+            ) -> Tx<RetiredWorkers> {
+                let recovered = match recovery {
+                    Some(recovery) if !workers.is_empty() => recover_tx(conn, &workers, recovery).await?,
+                    _ => 0,
+                };
+                Ok(RetiredWorkers { workers, recovered })
             }
 
             pub(crate) async fn reap_tx(
                 conn: &mut Conn,
                 now: DateTime<Utc>,
                 recovery: Option<&Recovery>,
-            ) -> Tx<ReapReport> {
+            ) -> Tx<RetiredWorkers> {
                 let now_ms = to_millis(now);
                 let mut candidates: Vec<String> = w::table
                     .filter(w::status.eq(WorkerStatus::Active.as_str()))
@@ -704,21 +722,17 @@ macro_rules! store_ops {
                     .load(conn)
                     .await?;
                 if candidates.is_empty() {
-                    return Ok(ReapReport::default());
+                    return Ok(RetiredWorkers::default());
                 }
                 candidates.sort();
                 let reaped =
                     retire_workers(conn, candidates, WorkerStatus::Dead, now_ms, Some(now_ms)).await?;
-                let recovered = match recovery {
-                    Some(recovery) if !reaped.is_empty() => recover_tx(conn, &reaped, recovery).await?,
-                    _ => 0,
-                };
-                Ok(ReapReport { reaped, recovered })
+                recover_retired(conn, reaped, recovery).await
             }
 
             /// Every running attempt of the given workers back to `pending` through the
             /// domain's `Recover` (fenced by attempt), a chunk of rows at a time.
-            pub(crate) async fn recover_tx(
+            async fn recover_tx(
                 conn: &mut Conn,
                 worker_ids: &[String],
                 recovery: &Recovery,
@@ -753,7 +767,16 @@ macro_rules! store_ops {
                 Ok(recovered)
             }
 
-            pub(crate) async fn stop_worker_q(conn: &mut Conn, worker_id: &str, now: DateTime<Utc>) -> Tx<()> {
+            pub(crate) async fn stop_worker_tx(
+                conn: &mut Conn,
+                worker_id: &str,
+                now: DateTime<Utc>,
+                recovery: Option<&Recovery>,
+            ) -> Tx<u64> {
+                let recovered = match recovery {
+                    Some(recovery) => recover_tx(conn, &[worker_id.to_owned()], recovery).await?,
+                    None => 0,
+                };
                 let now = to_millis(now);
                 diesel::update(w::table.filter(w::worker_id.eq(worker_id)))
                     .set((
@@ -763,7 +786,7 @@ macro_rules! store_ops {
                     ))
                     .execute(conn)
                     .await?;
-                Ok(())
+                Ok(recovered)
             }
 
             pub(crate) async fn idle_attempts_q(
@@ -1517,37 +1540,25 @@ macro_rules! impl_task_store {
                 pod_id: String,
                 current_worker_id: String,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Vec<String>, fib_flow_ports::PortError> {
+                recovery: Option<fib_flow_ports::Recovery>,
+            ) -> Result<fib_flow_ports::RetiredWorkers, fib_flow_ports::PortError> {
                 let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
-                conn.$tx(async |c| ops::supersede_tx(c, &pod_id, &current_worker_id, now).await)
-                    .await
-                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+                conn.$tx(async |c| {
+                    ops::supersede_tx(c, &pod_id, &current_worker_id, now, recovery.as_ref()).await
+                })
+                .await
+                .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
             }
 
             async fn reap_workers(
                 &self,
                 now: chrono::DateTime<chrono::Utc>,
                 recovery: Option<fib_flow_ports::Recovery>,
-            ) -> Result<fib_flow_ports::ReapReport, fib_flow_ports::PortError> {
+            ) -> Result<fib_flow_ports::RetiredWorkers, fib_flow_ports::PortError> {
                 let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
                 conn.$tx(async |c| ops::reap_tx(c, now, recovery.as_ref()).await)
-                    .await
-                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
-            }
-
-            async fn recover_tasks(
-                &self,
-                worker_ids: Vec<String>,
-                recovery: fib_flow_ports::Recovery,
-            ) -> Result<u64, fib_flow_ports::PortError> {
-                if worker_ids.is_empty() {
-                    return Ok(0);
-                }
-                let _writer = self.write_guard().await?;
-                let mut conn = self.conn().await?;
-                conn.$tx(async |c| ops::recover_tx(c, &worker_ids, &recovery).await)
                     .await
                     .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
             }
@@ -1556,12 +1567,13 @@ macro_rules! impl_task_store {
                 &self,
                 worker_id: String,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), fib_flow_ports::PortError> {
+                recovery: Option<fib_flow_ports::Recovery>,
+            ) -> Result<u64, fib_flow_ports::PortError> {
                 let _writer = self.write_guard().await?;
                 let mut conn = self.conn().await?;
-                ops::stop_worker_q(&mut conn, &worker_id, now)
+                conn.$tx(async |c| ops::stop_worker_tx(c, &worker_id, now, recovery.as_ref()).await)
                     .await
-                    .map_err(|e| e.into_port(BACKEND))
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
             }
 
             async fn idle_attempts(

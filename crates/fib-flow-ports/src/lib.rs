@@ -19,8 +19,8 @@ pub use handle::{
     HandlerError, HandlerResult, Outcome, Spawn, Suspension, TaskHandle, TaskHandler,
 };
 pub use store::{
-    BatchCommand, ClaimName, ClaimRequest, Expiry, ReapReport, Recovery, RetentionReport,
-    RetentionRun, SpawnRequest, TaskStore, WorkerRegistration,
+    BatchCommand, ClaimName, ClaimRequest, Expiry, Recovery, RetentionReport, RetentionRun,
+    RetiredWorkers, SpawnRequest, TaskStore, WorkerRegistration,
 };
 
 #[cfg(feature = "mocks")]

@@ -105,11 +105,11 @@ pub struct Recovery {
     pub now: DateTime<Utc>,
 }
 
-/// What [`TaskStore::reap_workers`] did.
+/// What [`TaskStore::supersede_workers`] or [`TaskStore::reap_workers`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReapReport {
-    /// Workers whose lease had expired, now `dead`.
-    pub reaped: Vec<String>,
+pub struct RetiredWorkers {
+    /// The workers now `superseded` or `dead`.
+    pub workers: Vec<String>,
     /// Their running tasks returned to `pending` (zero when no recovery was asked for).
     pub recovered: u64,
 }
@@ -286,14 +286,16 @@ pub trait TaskStore: Send + Sync {
     /// Registry rows matching the filter, ordered by `registered_at, worker_id`.
     async fn list_workers(&self, query: WorkerQuery) -> Result<Vec<Worker>, PortError>;
 
-    /// Marks every other `active` worker of `pod_id` `superseded` (at `now`), in one
-    /// transaction. Returns their ids.
+    /// Marks every other `active` worker of `pod_id` `superseded` (at `now`) and, when
+    /// `recovery` is given, returns their running tasks to `pending` as
+    /// [`TaskStore::reap_workers`] does, in one transaction.
     async fn supersede_workers(
         &self,
         pod_id: String,
         current_worker_id: String,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>, PortError>;
+        recovery: Option<Recovery>,
+    ) -> Result<RetiredWorkers, PortError>;
 
     /// Marks every `active` worker whose lease ended strictly before `now` `dead` and, when
     /// `recovery` is given, returns their running tasks to `pending` (attempt `interrupted`,
@@ -303,18 +305,17 @@ pub trait TaskStore: Send + Sync {
         &self,
         now: DateTime<Utc>,
         recovery: Option<Recovery>,
-    ) -> Result<ReapReport, PortError>;
+    ) -> Result<RetiredWorkers, PortError>;
 
-    /// Returns the running tasks of the given workers to `pending` as in
-    /// [`TaskStore::reap_workers`], in one transaction. Returns how many were recovered.
-    async fn recover_tasks(
+    /// Marks a worker `stopped` after its graceful stop released its executions and, when
+    /// `recovery` is given, returns any task still running under its id (one it lost track
+    /// of) to `pending`, in one transaction. Returns how many tasks were recovered.
+    async fn stop_worker(
         &self,
-        worker_ids: Vec<String>,
-        recovery: Recovery,
+        worker_id: String,
+        now: DateTime<Utc>,
+        recovery: Option<Recovery>,
     ) -> Result<u64, PortError>;
-
-    /// Marks a worker `stopped` (a graceful stop: it released its tasks itself).
-    async fn stop_worker(&self, worker_id: String, now: DateTime<Utc>) -> Result<(), PortError>;
 
     /// Running attempts owned by `worker_id` whose last activity is before `idle_before`,
     /// at most `limit`, ordered by task id.

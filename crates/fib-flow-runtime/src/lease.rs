@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use fib_flow_domain::{Command, TaskId, WorkerQuery, WorkerStatus, time};
-use fib_flow_ports::{BatchCommand, PortError, Recovery, WorkerRegistration};
+use fib_flow_ports::{BatchCommand, PortError, Recovery, RetiredWorkers, WorkerRegistration};
 use serde_json::json;
 
 use crate::engine::{Inner, loop_backoff};
@@ -67,26 +67,18 @@ impl Inner {
         let now = registered.registered_at;
         let superseded = if self.options.pod_id.is_some() {
             self.store
-                .supersede_workers(self.pod(), self.worker_id.to_string(), now)
+                .supersede_workers(self.pod(), self.worker_id.to_string(), now, self.recovery())
                 .await?
         } else {
-            Vec::new()
+            RetiredWorkers::default()
         };
-        let recovery = self.recovery();
-        let reaped = self.store.reap_workers(now, recovery.clone()).await?;
-        let mut recovered = reaped.recovered;
-        if let Some(recovery) = recovery {
-            recovered += self
-                .store
-                .recover_tasks(superseded.clone(), recovery)
-                .await?;
-        }
+        let reaped = self.store.reap_workers(now, self.recovery()).await?;
         tracing::info!(
             worker_id = %self.worker_id,
             pod_id = %registered.pod_id,
-            ?superseded,
-            reaped = ?reaped.reaped,
-            recovered,
+            superseded = ?superseded.workers,
+            reaped = ?reaped.workers,
+            recovered = superseded.recovered + reaped.recovered,
             "worker registered"
         );
         self.set_standing(Standing::Active);
@@ -107,10 +99,10 @@ impl Inner {
             )
             .await?;
         let reaped = self.store.reap_workers(now, self.recovery()).await?;
-        if !reaped.reaped.is_empty() {
+        if !reaped.workers.is_empty() {
             tracing::warn!(
                 worker_id = %self.worker_id,
-                reaped = ?reaped.reaped,
+                reaped = ?reaped.workers,
                 recovered = reaped.recovered,
                 "reaped workers whose lease expired"
             );
@@ -254,16 +246,23 @@ impl Inner {
         }
     }
 
-    /// Part of `stop`, after the drain: our row becomes `stopped`, so nobody recovers (or
-    /// waits for) tasks we already released.
+    /// Part of `stop`, after the drain: our row becomes `stopped`. Every execution has been
+    /// written or released by then, so a task still running under our id is one we lost
+    /// track of: it is recovered in the same transaction rather than left to the sweep.
     pub(crate) async fn mark_stopped(&self) {
         let now = self.clock.now();
-        if let Err(error) = self
+        match self
             .store
-            .stop_worker(self.worker_id.to_string(), now)
+            .stop_worker(self.worker_id.to_string(), now, self.recovery())
             .await
         {
-            tracing::warn!(worker_id = %self.worker_id, %error, "could not mark the worker stopped");
+            Ok(0) => {}
+            Ok(recovered) => {
+                tracing::warn!(worker_id = %self.worker_id, recovered, "recovered tasks this worker owned but was not running, at stop");
+            }
+            Err(error) => {
+                tracing::warn!(worker_id = %self.worker_id, %error, "could not mark the worker stopped");
+            }
         }
         self.leased.send_replace(false);
     }

@@ -61,12 +61,11 @@ async fn start_registers_supersedes_its_pod_reaps_and_recovers_before_claiming()
 
     let log = rec.log();
     let registered = position(&log, |e| *e == Ev::Register("w-new".into(), false));
-    let superseded = position(&log, |e| *e == Ev::Supersede(vec!["w-old".into()]));
-    let reaped = position(&log, |e| *e == Ev::Reap(vec!["w-gone".into()]));
-    let recovered = position(&log, |e| *e == Ev::Recover(vec!["w-old".into()]));
+    let superseded = position(&log, |e| *e == Ev::Supersede(vec!["w-old".into()], true));
+    let reaped = position(&log, |e| *e == Ev::Reap(vec!["w-gone".into()], true));
     let claimed = position(&log, |e| matches!(e, Ev::Claim(_)));
-    assert!(registered < superseded && superseded < reaped && reaped < recovered);
-    assert!(recovered < claimed, "no claim before the start-up recovery");
+    assert!(registered < superseded && superseded < reaped);
+    assert!(reaped < claimed, "no claim before the start-up recovery");
     assert!(rec.claims().iter().all(|claim| claim.require_active_lease));
     assert_eq!(rec.worker_status("w-old"), Some(WorkerStatus::Superseded));
     assert_eq!(rec.worker_status("w-gone"), Some(WorkerStatus::Dead));
@@ -85,7 +84,7 @@ async fn without_a_pod_id_a_worker_supersedes_nobody() {
         t0() + Duration::from_secs(60),
     );
     start_claiming(&engine, &rec).await;
-    assert_eq!(rec.count(|e| matches!(e, Ev::Supersede(_))), 0);
+    assert_eq!(rec.count(|e| matches!(e, Ev::Supersede(..))), 0);
     assert_eq!(rec.worker_status("other"), Some(WorkerStatus::Active));
     let own = rec.workers.lock().unwrap().get("w1").cloned().unwrap();
     assert_eq!(own.pod_id, "w1", "a pod of its own");
@@ -210,7 +209,11 @@ async fn without_recover_running_jobs_nothing_is_recovered() {
     *rec.idle.lock().unwrap() = vec![(TaskId(7), 3)];
     assert!(engine.run_lease_check().await.unwrap());
     assert_eq!(rec.worker_status("w-old"), Some(WorkerStatus::Superseded));
-    assert_eq!(rec.count(|e| matches!(e, Ev::Recover(_))), 0);
+    assert!(
+        rec.log()
+            .contains(&Ev::Supersede(vec!["w-old".into()], false))
+    );
+    assert_eq!(rec.count(|e| matches!(e, Ev::StopWorker(_, true))), 0);
     assert!(rec.applies_to(7).is_empty());
     engine.stop().await.unwrap();
 }
@@ -221,7 +224,11 @@ async fn stop_marks_the_worker_stopped_after_the_drain() {
     start_claiming(&engine, &rec).await;
     engine.stop().await.unwrap();
     assert_eq!(rec.worker_status("w1"), Some(WorkerStatus::Stopped));
-    assert_eq!(rec.count(|e| *e == Ev::StopWorker("w1".into())), 1);
+    assert_eq!(
+        rec.count(|e| *e == Ev::StopWorker("w1".into(), true)),
+        1,
+        "with what it lost recovered"
+    );
     assert!(!engine.is_leased());
 }
 

@@ -31,8 +31,8 @@ use fib_flow_domain::{
     TaskAttempt, TaskEvent, TaskId, TaskStatus, TaskType, Worker, WorkerQuery, WorkerStatus,
 };
 use fib_flow_ports::{
-    BatchCommand, ClaimRequest, Expiry, MockTaskStore, PortError, ReapReport, Recovery,
-    RetentionReport, RetentionRun, SpawnRequest, TaskStore, WorkerRegistration,
+    BatchCommand, ClaimRequest, Expiry, MockTaskStore, PortError, Recovery, RetentionReport,
+    RetentionRun, RetiredWorkers, SpawnRequest, TaskStore, WorkerRegistration,
 };
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -63,14 +63,13 @@ pub(crate) enum Ev {
     Dropped(TaskId),
     /// `register_worker` (worker id, whether the meta says it is a revival).
     Register(String, bool),
-    /// `supersede_workers` superseded these.
-    Supersede(Vec<String>),
-    /// `reap_workers` reaped these (logged only when it reaped some).
-    Reap(Vec<String>),
-    /// `recover_tasks` for these workers.
-    Recover(Vec<String>),
-    /// `stop_worker`.
-    StopWorker(String),
+    /// `supersede_workers` superseded these (and recovered their tasks if asked).
+    Supersede(Vec<String>, bool),
+    /// `reap_workers` reaped these, logged only when it reaped some (and recovered their
+    /// tasks if asked).
+    Reap(Vec<String>, bool),
+    /// `stop_worker` (and recovered the worker's remaining tasks if asked).
+    StopWorker(String, bool),
 }
 
 /// Shared script and log of the fake store.
@@ -509,7 +508,8 @@ impl TaskStore for TestStore {
         pod_id: String,
         current_worker_id: String,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>, PortError> {
+        recovery: Option<Recovery>,
+    ) -> Result<RetiredWorkers, PortError> {
         let mut superseded = Vec::new();
         for worker in self.rec.workers.lock().unwrap().values_mut() {
             if worker.pod_id == pod_id
@@ -521,14 +521,15 @@ impl TaskStore for TestStore {
                 superseded.push(worker.worker_id.clone());
             }
         }
-        self.rec.push(Ev::Supersede(superseded.clone()));
-        Ok(superseded)
+        self.rec
+            .push(Ev::Supersede(superseded.clone(), recovery.is_some()));
+        Ok(retired(superseded, recovery.as_ref()))
     }
     async fn reap_workers(
         &self,
         now: DateTime<Utc>,
         recovery: Option<Recovery>,
-    ) -> Result<ReapReport, PortError> {
+    ) -> Result<RetiredWorkers, PortError> {
         let mut reaped = Vec::new();
         for worker in self.rec.workers.lock().unwrap().values_mut() {
             if worker.status == WorkerStatus::Active && worker.expires_at < now {
@@ -538,32 +539,23 @@ impl TaskStore for TestStore {
             }
         }
         if reaped.is_empty() {
-            return Ok(ReapReport::default());
+            return Ok(RetiredWorkers::default());
         }
-        self.rec.push(Ev::Reap(reaped.clone()));
-        let recovered = if recovery.is_some() {
-            reaped.len() as u64
-        } else {
-            0
-        };
-        Ok(ReapReport { reaped, recovered })
+        self.rec.push(Ev::Reap(reaped.clone(), recovery.is_some()));
+        Ok(retired(reaped, recovery.as_ref()))
     }
-    async fn recover_tasks(
+    async fn stop_worker(
         &self,
-        worker_ids: Vec<String>,
-        _recovery: Recovery,
+        worker_id: String,
+        now: DateTime<Utc>,
+        recovery: Option<Recovery>,
     ) -> Result<u64, PortError> {
-        let count = worker_ids.len() as u64;
-        self.rec.push(Ev::Recover(worker_ids));
-        Ok(count)
-    }
-    async fn stop_worker(&self, worker_id: String, now: DateTime<Utc>) -> Result<(), PortError> {
         if let Some(worker) = self.rec.workers.lock().unwrap().get_mut(&worker_id) {
             worker.status = WorkerStatus::Stopped;
             worker.dead_at = Some(now);
         }
-        self.rec.push(Ev::StopWorker(worker_id));
-        Ok(())
+        self.rec.push(Ev::StopWorker(worker_id, recovery.is_some()));
+        Ok(0)
     }
     async fn idle_attempts(
         &self,
@@ -579,6 +571,16 @@ impl TaskStore for TestStore {
     async fn close(&self) {
         self.mock.close().await;
     }
+}
+
+/// The fake registry's report: one recovered task per retired worker when recovery was asked.
+fn retired(workers: Vec<String>, recovery: Option<&Recovery>) -> RetiredWorkers {
+    let recovered = if recovery.is_some() {
+        workers.len() as u64
+    } else {
+        0
+    };
+    RetiredWorkers { workers, recovered }
 }
 
 /// The instant every test starts at.
