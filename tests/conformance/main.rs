@@ -6,6 +6,7 @@
 
 mod audit;
 mod contention;
+mod failure_control;
 mod hardening;
 mod harness;
 mod lifecycle;
@@ -100,4 +101,8 @@ conformance! {
     registry::the_sweep_leaves_an_active_workers_tasks_to_the_registry,
     registry::registry_store_contract,
     registry::a_handler_that_gives_up_on_stop_is_interrupted_not_failed,
+    failure_control::a_permanent_error_skips_the_remaining_retries,
+    failure_control::a_snoozed_task_runs_again_later_without_using_an_attempt,
+    failure_control::retry_task_revives_a_dead_task_with_its_history,
+    failure_control::exponential_backoff_has_a_default_base,
 }

@@ -49,11 +49,15 @@ pub enum EventType {
     TaskProgress,
     /// `audit()` from a handler.
     TaskCheckpoint,
+    /// A handler asked to run again later (`Outcome::Snooze`); no retry used. Ours.
+    TaskSnoozed,
+    /// `retry_task` brought a dead task back with a fresh retry budget. Ours.
+    TaskRetried,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 17] = [
+    pub const ALL: [EventType; 19] = [
         EventType::TaskCreated,
         EventType::TaskSubtasksCreated,
         EventType::TaskStatusChanged,
@@ -71,6 +75,8 @@ impl EventType {
         EventType::TaskRecovered,
         EventType::TaskProgress,
         EventType::TaskCheckpoint,
+        EventType::TaskSnoozed,
+        EventType::TaskRetried,
     ];
 
     /// The stored string.
@@ -93,6 +99,8 @@ impl EventType {
             EventType::TaskRecovered => "task_recovered",
             EventType::TaskProgress => "task_progress",
             EventType::TaskCheckpoint => "task_checkpoint",
+            EventType::TaskSnoozed => "task_snoozed",
+            EventType::TaskRetried => "task_retried",
         }
     }
 }

@@ -67,6 +67,28 @@ pub enum Command {
         /// A number in `[0, 1)` used for exponential back-off jitter.
         jitter: f64,
     },
+    /// The handler of attempt `attempt` failed with an error that no retry can fix
+    /// (`fib_flow::permanent`): straight to the exhausted state, whatever attempts remain.
+    FailPermanently {
+        /// Fence.
+        attempt: i32,
+        /// Error text.
+        error: String,
+    },
+    /// The handler of attempt `attempt` asked to run again after `delay`: back to `pending`
+    /// at `now + delay`, stage and context kept, no retry used.
+    Snooze {
+        /// Fence.
+        attempt: i32,
+        /// How long to wait.
+        delay: std::time::Duration,
+    },
+    /// `retry_task`: a `permanently_failed` or `paused` task back to `pending` now, with a
+    /// fresh retry budget, from stage 0.
+    Retry {
+        /// Reason recorded in the event.
+        reason: Option<String>,
+    },
     /// A sweep found attempt `attempt` past its deadline or without heartbeat.
     Expire {
         /// Fence.
@@ -142,6 +164,9 @@ impl Command {
             Command::Claim { .. } => "claim",
             Command::Complete { .. } => "complete",
             Command::Fail { .. } => "fail",
+            Command::FailPermanently { .. } => "fail_permanently",
+            Command::Snooze { .. } => "snooze",
+            Command::Retry { .. } => "retry_task",
             Command::Expire { .. } => "expire",
             Command::AwaitChildren { .. } => "await_children",
             Command::Suspend { .. } => "suspend",

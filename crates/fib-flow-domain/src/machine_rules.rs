@@ -24,6 +24,14 @@ const AWAITING_SUBTASKS: &str = "awaiting_subtasks";
 /// Upper bound of an exponential retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// The base of exponential back-off when `retry_interval` is zero (its default): 5 s, 10 s,
+/// 20 s, … up to [`MAX_BACKOFF`], each shortened by up to half by jitter.
+pub(crate) const DEFAULT_EXPONENTIAL_BASE: Duration = Duration::from_secs(5);
+
+/// Longest snooze a handler may ask for (a year): beyond it, an instant is more likely a
+/// unit mistake than a plan.
+pub(crate) const MAX_SNOOZE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 pub(crate) fn apply(
     task: &Task,
     command: Command,
@@ -54,6 +62,15 @@ pub(crate) fn apply(
             step.fence(attempt)?;
             step.fail(error, timed_out, None, jitter);
         }
+        Command::FailPermanently { attempt, error } => {
+            step.fence(attempt)?;
+            step.fail_permanently(error);
+        }
+        Command::Snooze { attempt, delay } => {
+            step.fence(attempt)?;
+            step.snooze(delay)?;
+        }
+        Command::Retry { reason } => step.retry(name, reason)?,
         Command::Expire {
             attempt,
             kind,
@@ -404,6 +421,23 @@ impl<'a> Step<'a> {
     /// Records the failure of the running attempt, then resolves it in the same transition:
     /// a retry while attempts remain, otherwise the type's exhausted state.
     fn fail(&mut self, error: String, timed_out: bool, expiry: Option<ExpiryKind>, jitter: f64) {
+        self.resolve_failure(error, timed_out, expiry, Some(jitter));
+    }
+
+    /// A failure no retry can fix: recorded like any failure, then the exhausted state at once
+    /// (`permanently_failed`, or `paused` for cron), with `retry_skipped` in the event.
+    fn fail_permanently(&mut self, error: String) {
+        self.resolve_failure(error, false, None, None);
+    }
+
+    /// `jitter: None` means the error is not retryable.
+    fn resolve_failure(
+        &mut self,
+        error: String,
+        timed_out: bool,
+        expiry: Option<ExpiryKind>,
+        jitter: Option<f64>,
+    ) {
         let attempt = Some(self.before.attempt);
         let (failed_status, event_type, outcome) = if timed_out {
             (
@@ -451,7 +485,7 @@ impl<'a> Step<'a> {
         let worker_id = self.task.worker_id.clone();
         let name = self.task.name.clone();
         let retries_left = self.task.retry_count.saturating_add(1) < self.task.max_retries;
-        if retries_left {
+        if let Some(jitter) = jitter.filter(|_| retries_left) {
             let retry_count = self.task.retry_count.saturating_add(1);
             let delay = retry_delay(
                 self.task.retry_backoff,
@@ -488,8 +522,18 @@ impl<'a> Step<'a> {
                     (failed_status, TaskStatus::PermanentlyFailed),
                     worker_id,
                     attempt,
-                    format!("Task {name} permanently failed after retry exhaustion"),
-                    object([("error", json!(error)), ("retry_exhausted", json!(true))]),
+                    match jitter {
+                        Some(_) => format!("Task {name} permanently failed after retry exhaustion"),
+                        None => {
+                            format!("Task {name} permanently failed: the error is not retryable")
+                        }
+                    },
+                    match jitter {
+                        Some(_) => {
+                            object([("error", json!(error)), ("retry_exhausted", json!(true))])
+                        }
+                        None => object([("error", json!(error)), ("retry_skipped", json!(true))]),
+                    },
                 );
                 self.settle_in_parent(true);
             }
@@ -500,8 +544,14 @@ impl<'a> Step<'a> {
                     (failed_status, TaskStatus::Paused),
                     worker_id,
                     attempt,
-                    format!("Cron task {name} paused after retry exhaustion"),
-                    object([("retry_exhausted", json!(true))]),
+                    match jitter {
+                        Some(_) => format!("Cron task {name} paused after retry exhaustion"),
+                        None => format!("Cron task {name} paused: the error is not retryable"),
+                    },
+                    match jitter {
+                        Some(_) => object([("retry_exhausted", json!(true))]),
+                        None => object([("error", json!(error)), ("retry_skipped", json!(true))]),
+                    },
                 );
             }
         }
@@ -737,6 +787,81 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
+    /// Back to `pending` at `now + delay`, keeping stage, context and retry count: the
+    /// attempt ends with outcome `pending` and nothing is charged.
+    fn snooze(&mut self, delay: Duration) -> Result<(), DomainError> {
+        if delay > MAX_SNOOZE {
+            return Err(DomainError::InvalidOption {
+                field: "snooze",
+                reason: format!(
+                    "a snooze of {} s is longer than the maximum of {} s",
+                    delay.as_secs(),
+                    MAX_SNOOZE.as_secs()
+                ),
+            });
+        }
+        let attempt = self.before.attempt;
+        let worker_id = self.before.worker_id.clone();
+        self.leave_running(TaskStatus::Pending);
+        let task = &mut self.task;
+        task.next_run_time = crate::time::add(self.now, delay);
+        task.start_time = None;
+        task.worker_id = None;
+        let next_run_time = task.next_run_time;
+        self.close(AttemptOutcome::Pending, None, false);
+        let delay_ms = crate::time::duration_millis(delay);
+        self.emit(
+            EventType::TaskSnoozed,
+            (TaskStatus::Running, TaskStatus::Pending),
+            worker_id,
+            Some(attempt),
+            format!("Task {} snoozed for {delay_ms} ms", self.task.name),
+            object([
+                ("snooze_ms", json!(delay_ms)),
+                ("next_run_time", json!(rfc3339(next_run_time))),
+            ]),
+        );
+        Ok(())
+    }
+
+    /// `retry_task`: a dead task (`permanently_failed`, or `paused` after exhaustion or by
+    /// hand) runs again now from stage 0 with its whole retry budget. Its error stays until a
+    /// success clears it; the history stays in the audit.
+    fn retry(&mut self, command: &'static str, reason: Option<String>) -> Result<(), DomainError> {
+        let from = self.before.status;
+        if !matches!(from, TaskStatus::PermanentlyFailed | TaskStatus::Paused) {
+            return Err(self.illegal(command));
+        }
+        let previous_retry_count = self.before.retry_count;
+        let task = &mut self.task;
+        task.status = TaskStatus::Pending;
+        task.retry_count = 0;
+        task.stage = 0;
+        task.context = None;
+        task.next_run_time = self.now;
+        task.worker_id = None;
+        task.start_time = None;
+        task.deadline = None;
+        task.suspend_reason = None;
+        task.suspend_metadata = None;
+        let reason = reason
+            .filter(|reason| !reason.trim().is_empty())
+            .unwrap_or_else(|| "manual".to_owned());
+        self.emit(
+            EventType::TaskRetried,
+            (from, TaskStatus::Pending),
+            None,
+            None,
+            format!("Task {} retried from {from}", self.task.name),
+            object([
+                ("retry_reason", json!(reason)),
+                ("previous_status", json!(from.as_str())),
+                ("previous_retry_count", json!(previous_retry_count)),
+            ]),
+        );
+        Ok(())
+    }
+
     fn cancel(&mut self, command: &'static str, reason: Option<String>) -> Result<(), DomainError> {
         let from = self.before.status;
         if from.is_terminal() {
@@ -852,7 +977,11 @@ pub(crate) fn retry_delay(
     let delay = match backoff {
         RetryBackoff::Fixed => interval,
         RetryBackoff::Exponential => {
-            let mut grown = interval;
+            let mut grown = if interval.is_zero() {
+                DEFAULT_EXPONENTIAL_BASE
+            } else {
+                interval
+            };
             for _ in 1..retry_count.max(1) {
                 if grown >= MAX_BACKOFF {
                     break;

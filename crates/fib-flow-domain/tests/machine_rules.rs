@@ -641,8 +641,182 @@ fn exponential_backoff_doubles_caps_at_an_hour_and_subtracts_jitter() {
     assert_eq!(failing(0, 10, -3.0), Duration::from_secs(10));
     assert_eq!(failing(0, 10, 7.0), Duration::from_secs(5));
     assert_eq!(failing(0, 10, f64::NAN), Duration::from_secs(10));
-    // Zero interval stays zero.
-    assert_eq!(failing(3, 0, 0.3), Duration::ZERO);
+    // A zero interval (the default) grows from a 5 s base instead of staying zero.
+    assert_eq!(failing(0, 0, 0.0), Duration::from_secs(5));
+    assert_eq!(failing(3, 0, 0.0), Duration::from_secs(40));
+    assert_eq!(failing(3, 0, 0.5), Duration::from_secs(30));
+    assert_eq!(failing(40, 0, 0.0), Duration::from_secs(3600));
+}
+
+#[test]
+fn fixed_backoff_with_a_zero_interval_retries_at_once() {
+    let task = Task {
+        retry_interval: Duration::ZERO,
+        ..running(async_task(), 1)
+    };
+    let t = apply(&task, fail(1, "e"), at(3)).expect("fail");
+    assert_eq!(t.task.next_run_time, at(3));
+}
+
+// ---- permanent failures, snooze, retry_task -----------------------------------------------
+
+fn fail_permanently(attempt: i32, error: &str) -> Command {
+    Command::FailPermanently {
+        attempt,
+        error: error.to_owned(),
+    }
+}
+
+#[test]
+fn a_permanent_error_skips_the_remaining_retries() {
+    let task = Task {
+        max_retries: 5,
+        ..running(child_task(), 1)
+    };
+    let t = apply(&task, fail_permanently(1, "invalid address"), at(5)).expect("fail");
+    assert_eq!(t.task.status, TaskStatus::PermanentlyFailed);
+    assert_eq!(t.task.retry_count, 0);
+    assert_eq!(t.task.error.as_deref(), Some("invalid address"));
+    assert_eq!(
+        event_types(&t),
+        vec![EventType::TaskFailed, EventType::TaskPermanentlyFailed]
+    );
+    assert_eq!(
+        t.events[1].metadata,
+        json!({"error": "invalid address", "retry_skipped": true})
+    );
+    assert_eq!(
+        t.events[1].message.as_deref(),
+        Some("Task child permanently failed: the error is not retryable")
+    );
+    assert_eq!(closed(&t).outcome, AttemptOutcome::Failed);
+    assert_eq!(t.parent.map(|effect| effect.failed), Some(true));
+}
+
+#[test]
+fn a_permanent_error_pauses_a_cron_task() {
+    let task = Task {
+        max_retries: 5,
+        ..running(cron_task(), 2)
+    };
+    let t = apply(&task, fail_permanently(2, "bad config"), at(5)).expect("fail");
+    assert_eq!(t.task.status, TaskStatus::Paused);
+    assert_eq!(
+        event_types(&t),
+        vec![EventType::TaskFailed, EventType::TaskPaused]
+    );
+    assert_eq!(
+        t.events[1].metadata,
+        json!({"error": "bad config", "retry_skipped": true})
+    );
+    assert!(is_stale(
+        &apply(&task, fail_permanently(1, "late"), at(5)).expect_err("stale")
+    ));
+}
+
+#[test]
+fn snooze_returns_the_task_to_pending_later_without_charging_a_retry() {
+    let mut task = Task {
+        retry_count: 1,
+        max_retries: 3,
+        stage: 2,
+        context: Some(b"ctx".to_vec()),
+        ..running(async_task(), 4)
+    };
+    task.worker_id = Some("w".to_owned());
+    let command = Command::Snooze {
+        attempt: 4,
+        delay: Duration::from_millis(90_500),
+    };
+    let t = apply(&task, command, at(10)).expect("snooze");
+    assert_eq!(t.task.status, TaskStatus::Pending);
+    assert_eq!(t.task.retry_count, 1, "no retry used");
+    assert_eq!(t.task.stage, 2, "same stage");
+    assert_eq!(t.task.context.as_deref(), Some(&b"ctx"[..]), "context kept");
+    assert_eq!(t.task.next_run_time, at(10) + Duration::from_millis(90_500));
+    assert_eq!(t.task.worker_id, None);
+    assert_eq!(t.task.deadline, None);
+    assert_eq!(closed(&t).outcome, AttemptOutcome::Pending);
+    assert_eq!(event_types(&t), vec![EventType::TaskSnoozed]);
+    assert_eq!(t.events[0].worker_id.as_deref(), Some("w"));
+    assert_eq!(t.events[0].attempt, Some(4));
+    assert_eq!(*meta(&t, 0, "snooze_ms"), json!(90_500));
+
+    let too_long = Command::Snooze {
+        attempt: 4,
+        delay: Duration::from_secs(400 * 24 * 3600),
+    };
+    let error = apply(&task, too_long, at(10)).expect_err("too long");
+    assert!(error.to_string().contains("snooze"), "{error}");
+    let stale = Command::Snooze {
+        attempt: 3,
+        delay: Duration::ZERO,
+    };
+    assert!(is_stale(&apply(&task, stale, at(10)).expect_err("stale")));
+}
+
+#[test]
+fn retry_task_revives_a_dead_task_with_a_fresh_budget() {
+    let dead = Task {
+        status: TaskStatus::PermanentlyFailed,
+        retry_count: 2,
+        max_retries: 3,
+        stage: 1,
+        context: Some(b"old".to_vec()),
+        error: Some("boom".to_owned()),
+        worker_id: Some("w".to_owned()),
+        ..async_task()
+    };
+    let t = apply(
+        &dead,
+        Command::Retry {
+            reason: Some("fixed upstream".to_owned()),
+        },
+        at(50),
+    )
+    .expect("retry");
+    assert_eq!(t.task.status, TaskStatus::Pending);
+    assert_eq!(t.task.retry_count, 0);
+    assert_eq!((t.task.stage, t.task.context.clone()), (0, None));
+    assert_eq!(t.task.next_run_time, at(50));
+    assert_eq!(
+        t.task.error.as_deref(),
+        Some("boom"),
+        "kept until a success"
+    );
+    assert_eq!(t.attempt, None);
+    assert_eq!(event_types(&t), vec![EventType::TaskRetried]);
+    assert_eq!(
+        t.events[0].metadata,
+        json!({
+            "retry_reason": "fixed upstream",
+            "previous_status": "permanently_failed",
+            "previous_retry_count": 2
+        })
+    );
+
+    let paused_cron = Task {
+        status: TaskStatus::Paused,
+        ..cron_task()
+    };
+    let t = apply(&paused_cron, Command::Retry { reason: None }, at(50)).expect("retry");
+    assert_eq!(t.task.status, TaskStatus::Pending);
+    assert_eq!(*meta(&t, 0, "retry_reason"), json!("manual"));
+
+    for status in [
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Suspended,
+        TaskStatus::Failed,
+    ] {
+        let task = Task {
+            status,
+            ..async_task()
+        };
+        let error = apply(&task, Command::Retry { reason: None }, at(50)).expect_err("illegal");
+        assert!(is_illegal(&error), "{status}: {error}");
+    }
 }
 
 #[test]

@@ -61,6 +61,14 @@ enum Op {
     Recover {
         fence: Fence,
     },
+    FailPermanently {
+        fence: Fence,
+    },
+    Snooze {
+        fence: Fence,
+        millis: u32,
+    },
+    Retry,
     Pause,
     Resume,
     Cancel,
@@ -93,6 +101,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(fence, children, fail_parent)| Op::Await { fence, children, fail_parent }),
         1 => fence().prop_map(|fence| Op::Release { fence }),
         1 => fence().prop_map(|fence| Op::Recover { fence }),
+        1 => fence().prop_map(|fence| Op::FailPermanently { fence }),
+        1 => (fence(), 0u32..100_000).prop_map(|(fence, millis)| Op::Snooze { fence, millis }),
+        1 => Just(Op::Retry),
         1 => Just(Op::Pause),
         2 => Just(Op::Resume),
         1 => Just(Op::Cancel),
@@ -311,6 +322,15 @@ impl Harness {
                 by_worker_id: "worker-r".to_owned(),
                 by_pod_id: None,
             },
+            Op::FailPermanently { fence } => Command::FailPermanently {
+                attempt: self.attempt(fence),
+                error: "not retryable".to_owned(),
+            },
+            Op::Snooze { fence, millis } => Command::Snooze {
+                attempt: self.attempt(fence),
+                delay: std::time::Duration::from_millis(u64::from(millis)),
+            },
+            Op::Retry => Command::Retry { reason: None },
             Op::Pause => Command::Pause,
             Op::Resume => Command::Resume {
                 reason: None,
@@ -427,8 +447,22 @@ impl Harness {
                 let exhausted = self.failures == budget;
                 prop_assert_eq!(after.status != TaskStatus::Pending, exhausted);
             }
-            Command::Complete { .. } | Command::Resume { .. } => self.reset(),
-            Command::Release { .. } | Command::Recover { .. } => self.requeues += 1,
+            Command::FailPermanently { .. } => {
+                // (d) No retry, whatever the budget: the type's exhausted state at once.
+                let exhausted = match before.task_type {
+                    TaskType::Async => TaskStatus::PermanentlyFailed,
+                    TaskType::Cron => TaskStatus::Paused,
+                };
+                prop_assert_eq!(after.status, exhausted);
+                prop_assert_eq!(after.retry_count, before.retry_count);
+            }
+            Command::Complete { .. } | Command::Resume { .. } | Command::Retry { .. } => {
+                self.reset()
+            }
+            Command::Release { .. } | Command::Recover { .. } | Command::Snooze { .. } => {
+                prop_assert_eq!(after.retry_count, before.retry_count);
+                self.requeues += 1
+            }
             Command::AwaitChildren { child_ids, .. } => {
                 for id in child_ids {
                     self.children.push(Child {
@@ -517,7 +551,10 @@ fn expected_outcome(task: &Task, command: &Command, now: DateTime<Utc>) -> Resul
         | Command::Fail { attempt, .. }
         | Command::Expire { attempt, .. }
         | Command::Release { attempt, .. }
-        | Command::Recover { attempt, .. } => fenced(*attempt),
+        | Command::Recover { attempt, .. }
+        | Command::FailPermanently { attempt, .. }
+        | Command::Snooze { attempt, .. } => fenced(*attempt),
+        Command::Retry { .. } => allowed(matches!(task.status, PermanentlyFailed | Paused)),
         Command::Suspend {
             attempt, reason, ..
         } => fenced(*attempt).and_then(|()| {
@@ -581,7 +618,10 @@ fn check_common(
             chain.push((from, to));
         }
     }
-    let failure = matches!(command, Command::Fail { .. } | Command::Expire { .. });
+    let failure = matches!(
+        command,
+        Command::Fail { .. } | Command::Expire { .. } | Command::FailPermanently { .. }
+    );
     if before.status == after.status {
         prop_assert!(t.events.is_empty(), "events without a status change");
     } else {
@@ -619,7 +659,10 @@ fn check_common(
         | Command::AwaitChildren { .. }
         | Command::Suspend { .. }
         | Command::Release { .. }
-        | Command::Recover { .. } => Some(before.attempt),
+        | Command::Recover { .. }
+        | Command::FailPermanently { .. }
+        | Command::Snooze { .. } => Some(before.attempt),
+        Command::Retry { .. } => None,
         Command::Pause | Command::Resume { .. } | Command::Cancel { .. } => {
             (before.status == TaskStatus::Running).then_some(before.attempt)
         }

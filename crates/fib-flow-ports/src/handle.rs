@@ -23,6 +23,41 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// What a handler returns.
 pub type HandlerResult = Result<Outcome, HandlerError>;
 
+/// A handler error that no retry can fix (an invalid e-mail address, a record that no longer
+/// exists): the task skips its remaining attempts and goes straight to `permanently_failed`
+/// (`paused` for a cron task). Build one with [`permanent`]; its text is the inner error's.
+#[derive(Debug)]
+pub struct Permanent(pub HandlerError);
+
+impl std::fmt::Display for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Permanent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Marks a handler error as permanent: `Err(permanent("invalid address"))?`.
+pub fn permanent(error: impl Into<HandlerError>) -> HandlerError {
+    Box::new(Permanent(error.into()))
+}
+
+/// Whether a handler error (or any error in its source chain) was marked [`permanent`].
+pub fn is_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<Permanent>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
 /// A task handler. Closures `Fn(TaskHandle) -> impl Future<Output = Result<impl Into<Outcome>,
 /// impl Into<HandlerError>>>` are adapted by the runtime's `register`.
 #[cfg_attr(feature = "mocks", mockall::automock)]
@@ -41,12 +76,20 @@ pub enum Outcome {
     Spawn(Spawn),
     /// Wait for a human (`suspend`).
     Suspend(Suspension),
+    /// Not yet: run again after this delay, at the same stage with the same context, without
+    /// using up an attempt of the retry budget (at most a year).
+    Snooze(std::time::Duration),
 }
 
 impl Outcome {
     /// A result value.
     pub fn done(result: impl Into<Value>) -> Self {
         Outcome::Complete(result.into())
+    }
+
+    /// Run again after `delay` (see [`Outcome::Snooze`]).
+    pub fn snooze(delay: std::time::Duration) -> Self {
+        Outcome::Snooze(delay)
     }
 }
 

@@ -16,7 +16,8 @@ mod store;
 pub use clock::Clock;
 pub use error::{ConnectErrorKind, PortError};
 pub use handle::{
-    HandlerError, HandlerResult, Outcome, Spawn, Suspension, TaskHandle, TaskHandler,
+    HandlerError, HandlerResult, Outcome, Permanent, Spawn, Suspension, TaskHandle, TaskHandler,
+    is_permanent, permanent,
 };
 pub use store::{
     BatchCommand, ClaimName, ClaimRequest, Expiry, Recovery, RetentionReport, RetentionRun,

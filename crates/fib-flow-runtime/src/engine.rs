@@ -691,6 +691,25 @@ impl Engine {
         Ok(task)
     }
 
+    /// Brings a dead task back: a `permanently_failed` task (retries exhausted, a permanent
+    /// error, a cancel) or a `paused` one goes back to `pending` now, from stage 0, with its
+    /// whole retry budget, keeping its id and history (event `task_retried`, `reason` or
+    /// `manual`). Any other status is a typed error naming the transition.
+    pub async fn retry_task(
+        &self,
+        id: TaskId,
+        reason: Option<String>,
+    ) -> Result<Task, RuntimeError> {
+        let now = self.inner.clock.now();
+        let task = self
+            .inner
+            .store
+            .apply(id, Command::Retry { reason }, now)
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(task)
+    }
+
     /// Runs one maintenance tick now: heartbeat, expiry sweep and the automatic retention
     /// cadence (exactly what the background loop does every `task_heartbeat_interval`).
     pub async fn run_maintenance(&self) -> Result<crate::SweepReport, RuntimeError> {

@@ -7,7 +7,9 @@ use fib_flow_domain::options::{self, TaskDefaults};
 use fib_flow_domain::{
     ChildSpec, Command, DomainError, NewTask, Task, TaskId, TaskOptions, TaskType, time,
 };
-use fib_flow_ports::{HandlerResult, Outcome, PortError, Spawn, SpawnRequest, TaskHandle};
+use fib_flow_ports::{
+    HandlerResult, Outcome, PortError, Spawn, SpawnRequest, TaskHandle, is_permanent,
+};
 use tokio::task::JoinError;
 
 use crate::engine::{Cancel, CancelReason, Inner, Slot};
@@ -202,6 +204,21 @@ impl Inner {
                 {
                     self.fail(id, attempt, error.to_string(), false).await;
                 }
+            }
+            Ok(Outcome::Snooze(delay)) => {
+                let command = Command::Snooze { attempt, delay };
+                if let Written::Rejected(error) = self.write(id, attempt, "snooze", command).await {
+                    self.fail(id, attempt, error.to_string(), false).await;
+                }
+            }
+            Err(error) if is_permanent(error.as_ref()) => {
+                let message = error_text(error.as_ref());
+                tracing::debug!(task_id = %id, attempt, error = %message, "handler failed permanently");
+                let command = Command::FailPermanently {
+                    attempt,
+                    error: message,
+                };
+                self.write(id, attempt, "permanent failure", command).await;
             }
             Err(error) => {
                 let message = error_text(error.as_ref());

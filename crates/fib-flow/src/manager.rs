@@ -276,6 +276,12 @@ impl TaskManager {
         Ok(self.engine.cancel_task(id, reason).await?)
     }
 
+    /// Brings a `permanently_failed` (or `paused`) task back to `pending` with a fresh retry
+    /// budget, keeping its id and history (event `task_retried`).
+    pub async fn retry_task(&self, id: TaskId, reason: Option<String>) -> Result<Task> {
+        Ok(self.engine.retry_task(id, reason).await?)
+    }
+
     /// Deletes expired terminal tasks with their audit rows (the configured policy, or `policy`).
     pub async fn run_retention(&self, policy: Option<RetentionPolicy>) -> Result<RetentionReport> {
         Ok(self.engine.run_retention(policy).await?)

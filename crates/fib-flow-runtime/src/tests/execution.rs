@@ -46,6 +46,59 @@ async fn completion_writes_complete_with_the_result() {
     engine.stop().await.unwrap();
 }
 
+/// An error wrapping another as its source, as error-context crates do.
+#[derive(Debug)]
+struct Context(HandlerError);
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sending the welcome mail")
+    }
+}
+
+impl std::error::Error for Context {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+#[tokio::test]
+async fn a_permanent_error_writes_fail_permanently_and_a_snooze_writes_snooze() {
+    let (engine, rec, _clock) = engine();
+    engine
+        .register("invalid", |_task: TaskHandle| async move {
+            // Wrapped once more: the mark is found anywhere in the source chain.
+            let marked = fib_flow_ports::permanent("no such address");
+            Err::<Outcome, HandlerError>(Box::new(Context(marked)))
+        })
+        .expect("register");
+    engine
+        .register("later", |_task: TaskHandle| async move {
+            Ok::<_, HandlerError>(Outcome::snooze(Duration::from_secs(90)))
+        })
+        .expect("register");
+    let tasks = vec![
+        running_task(1, "invalid", 1, t0()),
+        running_task(2, "later", 3, t0()),
+    ];
+    run_claimed(&engine, &rec, tasks, 2).await;
+    assert_eq!(
+        rec.applies_to(1),
+        [Command::FailPermanently {
+            attempt: 1,
+            error: "sending the welcome mail: no such address".to_owned(),
+        }]
+    );
+    assert_eq!(
+        rec.applies_to(2),
+        [Command::Snooze {
+            attempt: 3,
+            delay: Duration::from_secs(90),
+        }]
+    );
+    engine.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn handler_error_writes_fail_not_timed_out_with_jitter() {
     let (engine, rec, _clock) = engine();
