@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use fib_flow::{
-    AttemptOutcome, Error, HandlerError, ManualClock, Outcome, RetryBackoff, RuntimeError,
-    TaskHandle, TaskManager, TaskOptions, TaskStatus, json, permanent,
+    AttemptOutcome, CronChange, Enqueued, Error, HandlerError, ManualClock, Outcome, RetryBackoff,
+    RuntimeError, TaskHandle, TaskManager, TaskOptions, TaskStatus, json, permanent,
 };
 
 use crate::harness::{TestDb, attempt_outcomes, event_types, poll_until, wait_status};
@@ -224,4 +224,222 @@ pub async fn exponential_backoff_has_a_default_base(db: &TestDb) {
         "{delay:?}"
     );
     manager.stop().await.expect("stop");
+}
+
+pub async fn cron_registration_is_idempotent_per_key(db: &TestDb) {
+    let (manager, clock) = manual_manager(db).await;
+    manager
+        .register("cleanup", |_task: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(json!(null).into())
+        })
+        .expect("register");
+    let (id, change) = manager
+        .cron_schedule(
+            "cleanup",
+            "0 3 * * *",
+            json!({ "days": 30 }),
+            TaskOptions::default(),
+        )
+        .await
+        .expect("cron");
+    assert_eq!(change, CronChange::Created);
+    // Every start registers it again: nothing changes.
+    for _ in 0..3 {
+        let again = manager
+            .cron_schedule(
+                "cleanup",
+                "0 3 * * *",
+                json!({ "days": 30 }),
+                TaskOptions::default(),
+            )
+            .await
+            .expect("cron");
+        assert_eq!(again, (id, CronChange::Unchanged));
+    }
+    assert_eq!(manager.crons().await.expect("crons").len(), 1);
+
+    // A new expression redefines the schedule in place, audited.
+    let (same, change) = manager
+        .cron_schedule(
+            "cleanup",
+            "0 4 * * *",
+            json!({ "days": 7 }),
+            TaskOptions::default(),
+        )
+        .await
+        .expect("cron");
+    assert_eq!((same, change), (id, CronChange::Updated));
+    let task = manager.get_task(id).await.expect("get").expect("exists");
+    assert_eq!(task.cron_expr.as_deref(), Some("0 4 * * *"));
+    assert_eq!(task.payload, json!({ "days": 7 }));
+    assert_eq!(task.cron_key.as_deref(), Some("cleanup"));
+    assert_eq!(
+        task.next_run_time,
+        Utc.with_ymd_and_hms(2026, 4, 2, 4, 0, 0)
+            .single()
+            .expect("instant")
+    );
+    let events = manager
+        .task_events(id, fib_flow::EventQuery::default())
+        .await
+        .expect("events");
+    let updated = events
+        .iter()
+        .find(|event| event.event_type.as_str() == "task_schedule_updated")
+        .expect("audited");
+    assert_eq!(updated.metadata["changed"], json!(["cron_expr", "payload"]));
+    assert_eq!(updated.metadata["previous_cron_expr"], json!("0 3 * * *"));
+    let _ = clock;
+
+    // Several schedules of one handler need explicit keys.
+    let (eu, change) = manager
+        .cron_schedule(
+            "cleanup",
+            "30 3 * * *",
+            json!({ "region": "eu" }),
+            TaskOptions::default().cron_key("cleanup-eu"),
+        )
+        .await
+        .expect("cron");
+    assert_eq!(change, CronChange::Created);
+    assert_ne!(eu, id);
+    assert_eq!(manager.crons().await.expect("crons").len(), 2);
+    assert!(manager.remove_cron("cleanup-eu").await.expect("remove"));
+    assert!(
+        !manager
+            .remove_cron("cleanup-eu")
+            .await
+            .expect("remove again")
+    );
+    assert_eq!(manager.get_task(eu).await.expect("get"), None);
+
+    // Concurrent registrations of one key leave exactly one schedule (the database decides).
+    let registrations = (0..8).map(|_| {
+        manager.cron_schedule(
+            "cleanup",
+            "*/5 * * * *",
+            json!(1),
+            TaskOptions::default().cron_key("race"),
+        )
+    });
+    let results = futures_join_all(registrations).await;
+    let ids: std::collections::BTreeSet<_> = results.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), 1, "{results:?}");
+    assert_eq!(
+        results
+            .iter()
+            .filter(|(_, change)| *change == CronChange::Created)
+            .count(),
+        1,
+        "{results:?}"
+    );
+
+    let misplaced = manager
+        .cron(
+            "cleanup",
+            "* * * * *",
+            json!(1),
+            TaskOptions::default().unique_key("k"),
+        )
+        .await;
+    assert!(
+        matches!(&misplaced, Err(Error::Runtime(RuntimeError::InvalidInput(e))) if e.to_string().contains("unique_key")),
+        "{misplaced:?}"
+    );
+}
+
+pub async fn unique_key_returns_the_unfinished_task(db: &TestDb) {
+    let manager = db.manager().await;
+    manager
+        .register("job", |task: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(task.payload().clone().into())
+        })
+        .expect("register");
+    let unique = || TaskOptions::default().unique_key("order-1");
+    let first = manager
+        .enqueue_unique("job", json!(1), unique())
+        .await
+        .expect("enqueue");
+    assert!(first.created);
+    let second = manager
+        .enqueue_unique("job", json!(2), unique())
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        second,
+        Enqueued {
+            id: first.id,
+            created: false
+        }
+    );
+    assert_eq!(
+        manager
+            .enqueue("job", json!(3), unique())
+            .await
+            .expect("enqueue"),
+        first.id
+    );
+    let other = manager
+        .enqueue_unique(
+            "job",
+            json!(4),
+            TaskOptions::default().unique_key("order-2"),
+        )
+        .await
+        .expect("enqueue");
+    assert!(other.created);
+
+    // Concurrent submissions of one key: one task.
+    let submissions = (0..8).map(|n| {
+        manager.enqueue_unique("job", json!(n), TaskOptions::default().unique_key("race"))
+    });
+    let results = futures_join_all(submissions).await;
+    assert_eq!(
+        results.iter().filter(|e| e.created).count(),
+        1,
+        "{results:?}"
+    );
+    let ids: std::collections::BTreeSet<_> = results.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 1);
+
+    // Once the task is finished, the key is free again.
+    manager.start().await.expect("start");
+    let done = wait_status(&manager, first.id, TaskStatus::Completed).await;
+    assert_eq!(done.result, Some(json!(1)));
+    assert_eq!(done.unique_key.as_deref(), Some("order-1"));
+    let again = manager
+        .enqueue_unique("job", json!(5), unique())
+        .await
+        .expect("enqueue");
+    assert!(again.created);
+    assert_ne!(again.id, first.id);
+
+    let batch = manager
+        .enqueue_many(vec![("job".to_owned(), json!(1), unique())])
+        .await;
+    assert!(
+        matches!(&batch, Err(Error::Runtime(RuntimeError::InvalidInput(e))) if e.to_string().contains("unique_key")),
+        "{batch:?}"
+    );
+    let misplaced = manager
+        .enqueue("job", json!(1), TaskOptions::default().cron_key("k"))
+        .await;
+    assert!(
+        matches!(&misplaced, Err(Error::Runtime(RuntimeError::InvalidInput(e))) if e.to_string().contains("cron_key")),
+        "{misplaced:?}"
+    );
+    manager.stop().await.expect("stop");
+}
+
+/// Runs the futures concurrently (one task, interleaved over the pool's connections) and
+/// returns their results in order, unwrapped.
+async fn futures_join_all<T, F>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    futures_util::future::join_all(futures)
+        .await
+        .into_iter()
+        .map(|result| result.expect("submission"))
+        .collect()
 }

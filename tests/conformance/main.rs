@@ -105,4 +105,6 @@ conformance! {
     failure_control::a_snoozed_task_runs_again_later_without_using_an_attempt,
     failure_control::retry_task_revives_a_dead_task_with_its_history,
     failure_control::exponential_backoff_has_a_default_base,
+    failure_control::cron_registration_is_idempotent_per_key,
+    failure_control::unique_key_returns_the_unfinished_task,
 }

@@ -85,6 +85,9 @@ const TRANSIENT: &[&str] = &[
 pub(crate) fn db_error(backend: &'static str, error: diesel::result::Error) -> PortError {
     use diesel::result::{DatabaseErrorKind, Error};
     let message = error.to_string();
+    if let Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) = &error {
+        return PortError::Conflict { backend, message };
+    }
     let transient = match &error {
         Error::DatabaseError(kind, _) => {
             matches!(

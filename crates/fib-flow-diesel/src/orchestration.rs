@@ -58,6 +58,31 @@ macro_rules! holds_lease {
 
 pub(crate) use holds_lease;
 
+/// Runs a keyed insert again when it lost a race: another process inserted the same key
+/// between its lookup and its write (the unique index refused the second; the retry finds the
+/// first). Deadlocks and other transient faults of those few statements are retried too.
+pub(crate) async fn retry_key_conflict<T, F, Fut>(
+    mut attempt: F,
+) -> Result<T, fib_flow_ports::PortError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, fib_flow_ports::PortError>>,
+{
+    const ATTEMPTS: usize = 3;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Err(error)
+                if tries < ATTEMPTS && (error.is_unique_violation() || error.is_transient()) =>
+            {
+                tracing::debug!(%error, tries, "keyed insert lost a race; retrying");
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Rows per multi-row insert or `IN (...)` list: well under SQLite's and PostgreSQL's bind
 /// parameter limits for the widest row we write (13 columns).
 pub(crate) const CHUNK: usize = 500;
@@ -85,7 +110,7 @@ macro_rules! store_ops {
             use fib_flow_domain::progress::HandlerRecord;
             use fib_flow_domain::{Worker, WorkerQuery, WorkerStatus};
             use fib_flow_ports::{
-                BatchCommand, ClaimRequest, Expiry, PortError, Recovery, RetentionReport, RetiredWorkers,
+                BatchCommand, ClaimRequest, CronChange, Enqueued, Expiry, PortError, Recovery, RetentionReport, RetiredWorkers,
                 RetentionRun, SpawnRequest, WorkerRegistration,
             };
 
@@ -581,6 +606,117 @@ macro_rules! store_ops {
                         },
                     })
                     .collect())
+            }
+
+            /// The unfinished task holding `unique_key`, if any (the statuses as literals, so
+            /// the partial unique index serves the lookup).
+            async fn live_unique(conn: &mut Conn, unique_key: &str) -> Tx<Option<i64>> {
+                Ok(t::table
+                    .filter(t::unique_key.eq(unique_key))
+                    .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                        "fib_flow_tasks.status NOT IN ('completed', 'permanently_failed')",
+                    ))
+                    .select(t::id)
+                    .first::<i64>(conn)
+                    .await
+                    .optional()?)
+            }
+
+            /// See `TaskStore::insert_unique`. A concurrent insert of the same key makes the
+            /// key write fail on the unique index; the caller retries, and then finds it.
+            pub(crate) async fn insert_unique_tx(
+                conn: &mut Conn,
+                task: &NewTask,
+                unique_key: &str,
+            ) -> Tx<Enqueued> {
+                if let Some(id) = live_unique(conn, unique_key).await? {
+                    return Ok(Enqueued { id: TaskId(id), created: false });
+                }
+                let id = insert_one(conn, task).await?;
+                diesel::update(t::table.find(id.0))
+                    .set(t::unique_key.eq(unique_key))
+                    .execute(conn)
+                    .await?;
+                Ok(Enqueued { id, created: true })
+            }
+
+            async fn insert_one(conn: &mut Conn, task: &NewTask) -> Tx<TaskId> {
+                let ids = insert_tasks_tx(conn, std::slice::from_ref(task)).await?;
+                ids.into_iter().next().ok_or_else(|| {
+                    PortError::Database {
+                        backend: BACKEND,
+                        message: "inserted no row for one task".to_owned(),
+                    }
+                    .into()
+                })
+            }
+
+            /// See `TaskStore::upsert_cron`.
+            pub(crate) async fn upsert_cron_tx(
+                conn: &mut Conn,
+                task: &NewTask,
+                cron_key: &str,
+            ) -> Tx<(TaskId, CronChange)> {
+                let existing: Option<i64> = t::table
+                    .filter(t::cron_key.eq(cron_key))
+                    .select(t::id)
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let Some(id) = existing else {
+                    let id = insert_one(conn, task).await?;
+                    diesel::update(t::table.find(id.0))
+                        .set(t::cron_key.eq(cron_key))
+                        .execute(conn)
+                        .await?;
+                    return Ok((id, CronChange::Created));
+                };
+                let current = load_task(conn, id)
+                    .await?
+                    .ok_or(PortError::NotFound(TaskId(id)))?;
+                let Some(change) =
+                    fib_flow_domain::schedule::redefine_cron(&current, task, task.created_at)
+                else {
+                    return Ok((current.id, CronChange::Unchanged));
+                };
+                let next_run_time = if change.reschedule {
+                    to_millis(task.next_run_time)
+                } else {
+                    to_millis(current.next_run_time)
+                };
+                let event_time = to_millis(change.event.event_time);
+                diesel::update(t::table.find(id))
+                    .set((
+                        t::name.eq(&task.name),
+                        t::cron_expr.eq(&task.cron_expr),
+                        t::timezone.eq(&task.timezone),
+                        t::payload.eq($crate::rows::json_to_text(&task.payload)),
+                        t::priority.eq(task.priority),
+                        t::timeout_ms.eq(task.timeout.map(fib_flow_domain::time::duration_millis)),
+                        t::max_retries.eq(task.max_retries),
+                        t::retry_interval_ms.eq(fib_flow_domain::time::duration_millis(task.retry_interval)),
+                        t::retry_backoff.eq(task.retry_backoff.as_str()),
+                        t::tag.eq(&task.tag),
+                        t::next_run_time.eq(next_run_time),
+                        t::last_event_time.eq(event_time),
+                        t::last_event_type.eq(change.event.event_type.as_str()),
+                    ))
+                    .execute(conn)
+                    .await?;
+                insert_event_rows(conn, vec![NewEventRow::from(&change.event)]).await?;
+                if change.reschedule {
+                    notify_due(conn).await?;
+                }
+                Ok((current.id, CronChange::Updated))
+            }
+
+            pub(crate) async fn remove_cron_tx(conn: &mut Conn, cron_key: &str) -> Tx<bool> {
+                let ids: Vec<i64> = t::table
+                    .filter(t::cron_key.eq(cron_key))
+                    .select(t::id)
+                    .load(conn)
+                    .await?;
+                Ok(delete_ids(conn, &ids).await?.tasks_deleted > 0)
             }
 
             pub(crate) async fn register_worker_tx(
@@ -1264,6 +1400,56 @@ macro_rules! impl_task_store {
                         .map_err(|e| e.into_port(BACKEND));
                 }
                 conn.$tx(async |c| ops::insert_tasks_tx(c, &tasks).await)
+                    .await
+                    .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+            }
+
+            async fn insert_unique(
+                &self,
+                task: fib_flow_domain::NewTask,
+                unique_key: String,
+            ) -> Result<fib_flow_ports::Enqueued, fib_flow_ports::PortError> {
+                $crate::rows::check_new_tasks(std::slice::from_ref(&task))?;
+                fib_flow_domain::limits::check_name("unique_key", &unique_key)
+                    .map_err(fib_flow_ports::PortError::Rejected)?;
+                $crate::orchestration::retry_key_conflict(|| async {
+                    let _writer = self.write_guard().await?;
+                    let mut conn = self.conn().await?;
+                    conn.$tx(async |c| ops::insert_unique_tx(c, &task, &unique_key).await)
+                        .await
+                        .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+                })
+                .await
+            }
+
+            async fn upsert_cron(
+                &self,
+                task: fib_flow_domain::NewTask,
+                cron_key: String,
+            ) -> Result<
+                (fib_flow_domain::TaskId, fib_flow_ports::CronChange),
+                fib_flow_ports::PortError,
+            > {
+                $crate::rows::check_new_tasks(std::slice::from_ref(&task))?;
+                fib_flow_domain::limits::check_name("cron_key", &cron_key)
+                    .map_err(fib_flow_ports::PortError::Rejected)?;
+                $crate::orchestration::retry_key_conflict(|| async {
+                    let _writer = self.write_guard().await?;
+                    let mut conn = self.conn().await?;
+                    conn.$tx(async |c| ops::upsert_cron_tx(c, &task, &cron_key).await)
+                        .await
+                        .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
+                })
+                .await
+            }
+
+            async fn remove_cron(
+                &self,
+                cron_key: String,
+            ) -> Result<bool, fib_flow_ports::PortError> {
+                let _writer = self.write_guard().await?;
+                let mut conn = self.conn().await?;
+                conn.$tx(async |c| ops::remove_cron_tx(c, &cron_key).await)
                     .await
                     .map_err(|e: $crate::error::TxError| e.into_port(BACKEND))
             }

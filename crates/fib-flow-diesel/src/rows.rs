@@ -100,6 +100,8 @@ pub struct TaskRow {
     pub context: Option<Vec<u8>>,
     pub suspend_reason: Option<String>,
     pub suspend_metadata: Option<String>,
+    pub cron_key: Option<String>,
+    pub unique_key: Option<String>,
 }
 
 /// Every column but `id`: the values of an insert, and of a full guarded row write.
@@ -204,6 +206,8 @@ impl TaskRow {
                 .as_deref()
                 .map(|text| json_from_text(text, "suspend_metadata", id))
                 .transpose()?,
+            cron_key: self.cron_key,
+            unique_key: self.unique_key,
         })
     }
 }

@@ -46,6 +46,8 @@ diesel::table! {
         context -> Nullable<Binary>,
         suspend_reason -> Nullable<Text>,
         suspend_metadata -> Nullable<Text>,
+        cron_key -> Nullable<Text>,
+        unique_key -> Nullable<Text>,
     }
 }
 

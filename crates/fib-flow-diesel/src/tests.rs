@@ -143,6 +143,8 @@ fn sample_task() -> Task {
         context: Some(vec![0, 255]),
         suspend_reason: Some("review".into()),
         suspend_metadata: Some(json!({"k": "v"})),
+        cron_key: None,
+        unique_key: None,
     }
 }
 
@@ -187,6 +189,8 @@ fn row_of(task: &Task) -> TaskRow {
         context: v.context,
         suspend_reason: v.suspend_reason,
         suspend_metadata: v.suspend_metadata,
+        cron_key: None,
+        unique_key: None,
     }
 }
 

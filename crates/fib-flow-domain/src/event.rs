@@ -53,11 +53,13 @@ pub enum EventType {
     TaskSnoozed,
     /// `retry_task` brought a dead task back with a fresh retry budget. Ours.
     TaskRetried,
+    /// A cron schedule registered again under its key with a different definition. Ours.
+    TaskScheduleUpdated,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 19] = [
+    pub const ALL: [EventType; 20] = [
         EventType::TaskCreated,
         EventType::TaskSubtasksCreated,
         EventType::TaskStatusChanged,
@@ -77,6 +79,7 @@ impl EventType {
         EventType::TaskCheckpoint,
         EventType::TaskSnoozed,
         EventType::TaskRetried,
+        EventType::TaskScheduleUpdated,
     ];
 
     /// The stored string.
@@ -101,6 +104,7 @@ impl EventType {
             EventType::TaskCheckpoint => "task_checkpoint",
             EventType::TaskSnoozed => "task_snoozed",
             EventType::TaskRetried => "task_retried",
+            EventType::TaskScheduleUpdated => "task_schedule_updated",
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod model;
 pub mod options;
 pub mod progress;
 pub mod query;
+pub mod schedule;
 pub mod serde_units;
 pub mod time;
 pub mod worker;

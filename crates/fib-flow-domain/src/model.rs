@@ -378,6 +378,11 @@ pub struct Task {
     pub suspend_reason: Option<String>,
     /// Metadata given with an explicit suspension; cleared on resume.
     pub suspend_metadata: Option<Value>,
+    /// A cron schedule's key (its name unless `TaskOptions::cron_key` set one): one row per
+    /// key, so registering the schedule again updates it. Ours.
+    pub cron_key: Option<String>,
+    /// `TaskOptions::unique_key`: at most one unfinished task per key. Ours.
+    pub unique_key: Option<String>,
 }
 
 impl Task {

@@ -379,6 +379,12 @@ pub struct TaskOptions {
     pub retry_backoff: Option<RetryBackoff>,
     /// IANA time zone for a cron schedule (UTC when absent).
     pub timezone: Option<String>,
+    /// The key of a cron schedule (cron tasks only; default: the handler name). One schedule
+    /// per key: registering it again updates it. Ours.
+    pub cron_key: Option<String>,
+    /// At most one unfinished task per key (async tasks only): a second `enqueue` with the
+    /// same key returns the existing task. Ours.
+    pub unique_key: Option<String>,
 }
 
 impl TaskOptions {
@@ -425,6 +431,16 @@ impl TaskOptions {
     /// Sets the cron time zone.
     pub fn timezone(mut self, timezone: impl Into<String>) -> Self {
         self.timezone = Some(timezone.into());
+        self
+    }
+    /// Sets the cron schedule's key (several schedules of one handler need one each).
+    pub fn cron_key(mut self, key: impl Into<String>) -> Self {
+        self.cron_key = Some(key.into());
+        self
+    }
+    /// Makes the task unique among unfinished tasks with this key.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
         self
     }
 }

@@ -76,6 +76,15 @@ pub enum PortError {
         /// The newest migration embedded in this build.
         supported_version: String,
     },
+    /// A unique key (`cron_key`, `unique_key`) is already held by another row: a concurrent
+    /// submission won the race. Keyed submissions retry and find the winner.
+    #[error("{backend}: key conflict: {message}")]
+    Conflict {
+        /// Backend name.
+        backend: &'static str,
+        /// The backend's error text.
+        message: String,
+    },
 }
 
 /// Why a connection could not be made (see [`PortError::Connect`]).
@@ -109,5 +118,10 @@ impl PortError {
     /// Whether retrying the same call may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, PortError::Unavailable { .. })
+    }
+
+    /// Whether a unique key was already held ([`PortError::Conflict`]).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, PortError::Conflict { .. })
     }
 }

@@ -68,6 +68,27 @@ pub struct BatchCommand {
     pub at: DateTime<Utc>,
 }
 
+/// What registering a cron schedule under its key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CronChange {
+    /// No schedule had the key: a new cron task.
+    Created,
+    /// The stored schedule has the same definition: nothing written.
+    Unchanged,
+    /// The stored schedule was redefined (event `task_schedule_updated`).
+    Updated,
+}
+
+/// A submission that may have found its task already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueued {
+    /// The task: the new one, or the existing one with the same key.
+    pub id: TaskId,
+    /// Whether this call created it.
+    pub created: bool,
+}
+
 /// A running attempt a sweep found past its deadline or heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
@@ -165,6 +186,24 @@ pub trait TaskStore: Send + Sync {
     /// order, skipping rows other workers hold; opens their attempts and writes their claim
     /// events in the same transaction. Returns the claimed snapshots.
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>, PortError>;
+
+    /// Inserts a task unless an unfinished task with the same `unique_key` exists (enforced by
+    /// a unique index, so it holds across processes). Returns the task and whether it is new.
+    async fn insert_unique(&self, task: NewTask, unique_key: String)
+    -> Result<Enqueued, PortError>;
+
+    /// Registers a cron schedule under `cron_key` (unique in the database): inserts it, or
+    /// leaves an identical stored schedule alone, or redefines a different one (definition
+    /// columns, and `next_run_time` while it waits for its next run), in one transaction.
+    async fn upsert_cron(
+        &self,
+        task: NewTask,
+        cron_key: String,
+    ) -> Result<(TaskId, CronChange), PortError>;
+
+    /// Deletes the cron schedule with this key (with its events and attempts). Returns
+    /// whether there was one.
+    async fn remove_cron(&self, cron_key: String) -> Result<bool, PortError>;
 
     /// Applies a command to a task in one transaction (with the parent bookkeeping of a child
     /// that settles). Returns the new snapshot. A fenced command whose attempt no longer owns

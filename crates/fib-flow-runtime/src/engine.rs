@@ -13,8 +13,8 @@ use fib_flow_domain::{
     Task, TaskId, TaskOptions, TaskStatus, TaskType, Worker, WorkerQuery, time,
 };
 use fib_flow_ports::{
-    ClaimRequest, Clock, HandlerError, Outcome, PortError, RetentionReport, TaskHandle,
-    TaskHandler, TaskStore,
+    ClaimRequest, Clock, CronChange, Enqueued, HandlerError, Outcome, PortError, RetentionReport,
+    TaskHandle, TaskHandler, TaskStore,
 };
 use futures_util::FutureExt;
 use serde_json::Value;
@@ -378,16 +378,37 @@ impl Engine {
         payload: Value,
         options: TaskOptions,
     ) -> Result<TaskId, RuntimeError> {
+        Ok(self.enqueue_unique(name, payload, options).await?.id)
+    }
+
+    /// [`Engine::enqueue`], telling whether the task is new: with `options.unique_key` set, an
+    /// unfinished task with the same key is returned instead of a new one (`created: false`).
+    /// The database enforces the key, so this holds across processes.
+    pub async fn enqueue_unique(
+        &self,
+        name: &str,
+        payload: Value,
+        options: TaskOptions,
+    ) -> Result<Enqueued, RuntimeError> {
         let now = self.inner.clock.now();
         let task = self.inner.new_async_task(name, payload, &options, now)?;
-        let ids = self.inner.store.insert_tasks(vec![task]).await?;
-        self.inner.wake.notify_one();
-        ids.into_iter().next().ok_or_else(|| {
-            RuntimeError::Store(PortError::Database {
-                backend: self.inner.store.backend(),
-                message: "insert_tasks returned no id for one task".into(),
-            })
-        })
+        let enqueued = match options.unique_key {
+            Some(key) => self.inner.store.insert_unique(task, key).await?,
+            None => {
+                let ids = self.inner.store.insert_tasks(vec![task]).await?;
+                let id = ids.into_iter().next().ok_or_else(|| {
+                    RuntimeError::Store(PortError::Database {
+                        backend: self.inner.store.backend(),
+                        message: "insert_tasks returned no id for one task".into(),
+                    })
+                })?;
+                Enqueued { id, created: true }
+            }
+        };
+        if enqueued.created {
+            self.inner.wake.notify_one();
+        }
+        Ok(enqueued)
     }
 
     /// Submits several one-off tasks in one store call (all or nothing); ids in input order.
@@ -397,6 +418,16 @@ impl Engine {
     ) -> Result<Vec<TaskId>, RuntimeError> {
         if tasks.is_empty() {
             return Ok(Vec::new());
+        }
+        if tasks
+            .iter()
+            .any(|(_, _, options)| options.unique_key.is_some())
+        {
+            return Err(DomainError::InvalidOption {
+                field: "unique_key",
+                reason: "enqueue_many inserts all or nothing; submit unique tasks with enqueue or enqueue_unique".into(),
+            }
+            .into());
         }
         let now = self.inner.clock.now();
         let rows = tasks
@@ -410,8 +441,11 @@ impl Engine {
         Ok(ids)
     }
 
-    /// Submits a recurring task. The expression (and `options.timezone`) is parsed now; the
-    /// first run is the first occurrence strictly after now. `delay` is refused.
+    /// Registers a recurring task under its key (`options.cron_key`, default the name): the
+    /// first registration creates it, an identical one changes nothing, a different one
+    /// redefines it (see [`Engine::cron_schedule`]). The expression (and `options.timezone`)
+    /// is parsed now; the first run is the first occurrence strictly after now. `delay` and
+    /// `unique_key` are refused.
     pub async fn cron(
         &self,
         name: &str,
@@ -419,6 +453,17 @@ impl Engine {
         payload: Value,
         options: TaskOptions,
     ) -> Result<TaskId, RuntimeError> {
+        Ok(self.cron_schedule(name, expr, payload, options).await?.0)
+    }
+
+    /// [`Engine::cron`], telling what the registration did.
+    pub async fn cron_schedule(
+        &self,
+        name: &str,
+        expr: &str,
+        payload: Value,
+        options: TaskOptions,
+    ) -> Result<(TaskId, CronChange), RuntimeError> {
         fib_flow_domain::limits::check_name("name", name)?;
         let entry = self.inner.registry.get(name).ok_or_else(|| unknown(name))?;
         if options.delay.is_some() {
@@ -430,6 +475,14 @@ impl Engine {
             }
             .into());
         }
+        if options.unique_key.is_some() {
+            return Err(DomainError::InvalidOption {
+                field: "unique_key",
+                reason: "a cron schedule is unique by its cron_key; unique_key applies to enqueued (async) tasks only".into(),
+            }
+            .into());
+        }
+        let cron_key = options.cron_key.clone().unwrap_or_else(|| name.to_owned());
         let schedule = CronSchedule::parse(expr, options.timezone.as_deref())?;
         let now = self.inner.clock.now();
         let next_run_time = schedule.next_after(now)?;
@@ -453,14 +506,29 @@ impl Engine {
             created_at: now,
         };
         task.validate()?;
-        let ids = self.inner.store.insert_tasks(vec![task]).await?;
-        self.inner.wake.notify_one();
-        ids.into_iter().next().ok_or_else(|| {
-            RuntimeError::Store(PortError::Database {
-                backend: self.inner.store.backend(),
-                message: "insert_tasks returned no id for one task".into(),
-            })
-        })
+        let (id, change) = self.inner.store.upsert_cron(task, cron_key.clone()).await?;
+        tracing::info!(task_id = %id, cron_key = %cron_key, ?change, "cron schedule registered");
+        if change != CronChange::Unchanged {
+            self.inner.wake.notify_one();
+        }
+        Ok((id, change))
+    }
+
+    /// Deletes the cron schedule with this key (its task row, events and attempts). Returns
+    /// whether there was one. A run in progress finishes; its outcome finds no row and is
+    /// dropped.
+    pub async fn remove_cron(&self, cron_key: &str) -> Result<bool, RuntimeError> {
+        fib_flow_domain::limits::check_name("cron_key", cron_key)?;
+        Ok(self.inner.store.remove_cron(cron_key.to_owned()).await?)
+    }
+
+    /// Every cron schedule, by id.
+    pub async fn crons(&self) -> Result<Vec<Task>, RuntimeError> {
+        let query = fib_flow_domain::query::TaskQuery {
+            task_type: Some(TaskType::Cron),
+            ..Default::default()
+        };
+        Ok(self.inner.store.list_tasks(query).await?)
     }
 
     // --- control ----------------------------------------------------------------------
@@ -751,6 +819,16 @@ impl Inner {
                 reason: "only cron tasks have a time zone".into(),
             }
             .into());
+        }
+        if options.cron_key.is_some() {
+            return Err(DomainError::InvalidOption {
+                field: "cron_key",
+                reason: "only cron tasks have a cron_key; use unique_key for enqueued tasks".into(),
+            }
+            .into());
+        }
+        if let Some(key) = &options.unique_key {
+            fib_flow_domain::limits::check_name("unique_key", key)?;
         }
         let resolved = options::resolve(&self.defaults, &entry.options, options)?;
         let task = NewTask {

@@ -55,9 +55,9 @@ pub use fib_flow_domain::{
     WorkerStatus,
 };
 pub use fib_flow_ports::{
-    Clock, ConnectErrorKind, HandlerError, HandlerResult, Outcome, Permanent, PortError,
-    RetentionReport, Spawn, Suspension, TaskHandle, TaskHandler, TaskStore, is_permanent,
-    permanent,
+    Clock, ConnectErrorKind, CronChange, Enqueued, HandlerError, HandlerResult, Outcome, Permanent,
+    PortError, RetentionReport, Spawn, Suspension, TaskHandle, TaskHandler, TaskStore,
+    is_permanent, permanent,
 };
 pub use fib_flow_runtime::clock::{ManualClock, SystemClock};
 pub use fib_flow_runtime::{ManagerState, RuntimeError, SweepReport, TaskInfo};

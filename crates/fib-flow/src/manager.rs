@@ -16,7 +16,8 @@ use fib_flow_domain::{
     TaskId, TaskOptions, TaskStatus, Worker, WorkerQuery,
 };
 use fib_flow_ports::{
-    Clock, HandlerError, Outcome, RetentionReport, TaskHandle, TaskHandler, TaskStore,
+    Clock, CronChange, Enqueued, HandlerError, Outcome, RetentionReport, TaskHandle, TaskHandler,
+    TaskStore,
 };
 use fib_flow_runtime::clock::SystemClock;
 use fib_flow_runtime::{Engine, ManagerState, SweepReport, TaskInfo};
@@ -228,7 +229,9 @@ impl TaskManager {
         Ok(self.engine.enqueue_many(tasks).await?)
     }
 
-    /// Submits a recurring task; the first run is the first occurrence strictly after now.
+    /// Registers a recurring task under its key (`TaskOptions::cron_key`, default the name):
+    /// calling it at every start keeps one schedule; a changed expression, payload or option
+    /// redefines it. The first run is the first occurrence strictly after now.
     pub async fn cron(
         &self,
         name: &str,
@@ -237,6 +240,43 @@ impl TaskManager {
         options: TaskOptions,
     ) -> Result<TaskId> {
         Ok(self.engine.cron(name, expr, payload, options).await?)
+    }
+
+    /// [`TaskManager::cron`], telling what the registration did: `Created`, `Unchanged` (an
+    /// identical schedule is registered under the key) or `Updated`.
+    pub async fn cron_schedule(
+        &self,
+        name: &str,
+        expr: &str,
+        payload: Value,
+        options: TaskOptions,
+    ) -> Result<(TaskId, CronChange)> {
+        Ok(self
+            .engine
+            .cron_schedule(name, expr, payload, options)
+            .await?)
+    }
+
+    /// Deletes the cron schedule with this key; returns whether there was one.
+    pub async fn remove_cron(&self, cron_key: &str) -> Result<bool> {
+        Ok(self.engine.remove_cron(cron_key).await?)
+    }
+
+    /// Every cron schedule, by id.
+    pub async fn crons(&self) -> Result<Vec<Task>> {
+        Ok(self.engine.crons().await?)
+    }
+
+    /// [`TaskManager::enqueue`], telling whether the task is new: with
+    /// `TaskOptions::unique_key`, an unfinished task with the same key is returned instead
+    /// (`created: false`), across processes.
+    pub async fn enqueue_unique(
+        &self,
+        name: &str,
+        payload: Value,
+        options: TaskOptions,
+    ) -> Result<Enqueued> {
+        Ok(self.engine.enqueue_unique(name, payload, options).await?)
     }
 
     // --- control ----------------------------------------------------------------------

@@ -60,6 +60,8 @@ pub fn task(id: i64, name: &str, status: TaskStatus) -> Task {
         context: None,
         suspend_reason: None,
         suspend_metadata: None,
+        cron_key: None,
+        unique_key: None,
     }
 }
 

@@ -65,6 +65,8 @@ pub fn async_task() -> Task {
         context: None,
         suspend_reason: None,
         suspend_metadata: None,
+        cron_key: None,
+        unique_key: None,
     }
 }
 

@@ -31,8 +31,8 @@ use fib_flow_domain::{
     TaskAttempt, TaskEvent, TaskId, TaskStatus, TaskType, Worker, WorkerQuery, WorkerStatus,
 };
 use fib_flow_ports::{
-    BatchCommand, ClaimRequest, Expiry, MockTaskStore, PortError, Recovery, RetentionReport,
-    RetentionRun, RetiredWorkers, SpawnRequest, TaskStore, WorkerRegistration,
+    BatchCommand, ClaimRequest, CronChange, Enqueued, Expiry, MockTaskStore, PortError, Recovery,
+    RetentionReport, RetentionRun, RetiredWorkers, SpawnRequest, TaskStore, WorkerRegistration,
 };
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -345,6 +345,30 @@ impl TaskStore for TestStore {
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>, PortError> {
         self.mock.claim(request).await
     }
+    /// Keyed submissions go through the scripted `insert_tasks` (logged as [`Ev::Insert`]):
+    /// the key logic itself is the adapters' and is covered by the conformance suite.
+    async fn insert_unique(
+        &self,
+        task: NewTask,
+        _unique_key: String,
+    ) -> Result<Enqueued, PortError> {
+        let ids = self.mock.insert_tasks(vec![task]).await?;
+        Ok(Enqueued {
+            id: ids[0],
+            created: true,
+        })
+    }
+    async fn upsert_cron(
+        &self,
+        task: NewTask,
+        _cron_key: String,
+    ) -> Result<(TaskId, CronChange), PortError> {
+        let ids = self.mock.insert_tasks(vec![task]).await?;
+        Ok((ids[0], CronChange::Created))
+    }
+    async fn remove_cron(&self, _cron_key: String) -> Result<bool, PortError> {
+        Ok(false)
+    }
     async fn apply(
         &self,
         task_id: TaskId,
@@ -654,6 +678,8 @@ pub(crate) fn running_task(id: i64, name: &str, attempt: i32, now: DateTime<Utc>
         context: None,
         suspend_reason: None,
         suspend_metadata: None,
+        cron_key: None,
+        unique_key: None,
     }
 }
 
