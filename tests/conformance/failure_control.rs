@@ -11,7 +11,7 @@ use fib_flow::{
     RuntimeError, TaskHandle, TaskManager, TaskOptions, TaskStatus, json, permanent,
 };
 
-use crate::harness::{TestDb, attempt_outcomes, event_types, poll_until, wait_status};
+use crate::harness::{Backend, TestDb, attempt_outcomes, event_types, poll_until, wait_status};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -442,4 +442,133 @@ where
         .into_iter()
         .map(|result| result.expect("submission"))
         .collect()
+}
+
+/// A row of the outbox test's business table.
+#[derive(Debug, PartialEq, diesel::QueryableByName)]
+struct OrderRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+/// An error of the caller's transaction in the outbox test: the database's or fib-flow's.
+#[derive(Debug)]
+enum OutboxError {
+    Db(diesel::result::Error),
+    Flow(Error),
+}
+
+impl std::fmt::Display for OutboxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutboxError::Db(error) => write!(f, "database: {error}"),
+            OutboxError::Flow(error) => write!(f, "fib-flow: {error}"),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for OutboxError {
+    fn from(error: diesel::result::Error) -> Self {
+        OutboxError::Db(error)
+    }
+}
+
+/// The business write and the task in one transaction of the caller's own connection: rolled
+/// back, neither exists; committed, both do (and the task runs).
+macro_rules! outbox_case {
+    ($manager:expr, $conn:expr) => {{
+        use diesel_async::{AsyncConnection, RunQueryDsl};
+        let manager: &TaskManager = $manager;
+        let conn = $conn;
+        diesel::sql_query("CREATE TABLE outbox_orders (id BIGINT PRIMARY KEY)")
+            .execute(conn)
+            .await
+            .expect("create the business table");
+        let rolled_back: Result<(), OutboxError> = conn
+            .transaction(async |c| {
+                diesel::sql_query("INSERT INTO outbox_orders (id) VALUES (1)")
+                    .execute(c)
+                    .await?;
+                manager
+                    .enqueue_in(c, "job", json!({ "order": 1 }), TaskOptions::default())
+                    .await
+                    .map_err(OutboxError::Flow)?;
+                Err(OutboxError::Db(diesel::result::Error::RollbackTransaction))
+            })
+            .await;
+        assert!(
+            matches!(
+                rolled_back,
+                Err(OutboxError::Db(diesel::result::Error::RollbackTransaction))
+            ),
+            "{rolled_back:?}"
+        );
+        assert!(manager.tasks_by_name("job").await.expect("tasks").is_empty(), "no task");
+
+        let id = conn
+            .transaction(async |c| {
+                diesel::sql_query("INSERT INTO outbox_orders (id) VALUES (2)")
+                    .execute(c)
+                    .await?;
+                manager
+                    .enqueue_in(c, "job", json!({ "order": 2 }), TaskOptions::default())
+                    .await
+                    .map_err(OutboxError::Flow)
+            })
+            .await
+            .unwrap_or_else(|error: OutboxError| panic!("commit: {error}"));
+        let orders: Vec<OrderRow> = diesel::sql_query("SELECT id FROM outbox_orders")
+            .load(conn)
+            .await
+            .expect("orders");
+        assert_eq!(orders, vec![OrderRow { id: 2 }], "only the committed order");
+        manager.start().await.expect("start");
+        let task = wait_status(manager, id, TaskStatus::Completed).await;
+        assert_eq!(task.result, Some(json!({ "order": 2 })));
+        assert_eq!(manager.tasks_by_name("job").await.expect("tasks").len(), 1);
+        manager.stop().await.expect("stop");
+    }};
+}
+
+pub async fn enqueue_in_the_callers_transaction_commits_or_rolls_back_with_it(db: &TestDb) {
+    use diesel_async::AsyncConnection;
+    let manager = db.manager().await;
+    manager
+        .register("job", |task: TaskHandle| async move {
+            Ok::<Outcome, HandlerError>(task.payload().clone().into())
+        })
+        .expect("register");
+    match db.backend {
+        Backend::SqliteMemory => {
+            eprintln!(
+                "skipped on SqliteMemory: a private in-memory database has no second connection for the caller"
+            );
+        }
+        Backend::SqliteFile => {
+            use diesel_async::RunQueryDsl;
+            use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+            let path = db.url.trim_start_matches("sqlite:");
+            let mut conn = SyncConnectionWrapper::<diesel::SqliteConnection>::establish(path)
+                .await
+                .expect("caller connection");
+            // The workers write to the same file; wait for their locks like fib-flow does.
+            diesel::sql_query("PRAGMA busy_timeout = 5000")
+                .execute(&mut conn)
+                .await
+                .expect("busy timeout");
+            outbox_case!(&manager, &mut conn);
+        }
+        Backend::Postgres => {
+            let mut conn = diesel_async::AsyncPgConnection::establish(&db.url)
+                .await
+                .expect("caller connection");
+            outbox_case!(&manager, &mut conn);
+        }
+        Backend::Mysql => {
+            let mut conn = diesel_async::AsyncMysqlConnection::establish(&db.url)
+                .await
+                .expect("caller connection");
+            outbox_case!(&manager, &mut conn);
+        }
+    }
 }

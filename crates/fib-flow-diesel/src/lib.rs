@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use fib_flow_ports::{PortError, TaskStore};
 
+mod caller;
 mod error;
 mod orchestration;
 pub mod rows;
@@ -41,6 +42,8 @@ mod mysql;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+
+pub use caller::CallerConnection;
 
 /// How to reach the database.
 #[derive(Debug, Clone, PartialEq, Eq)]

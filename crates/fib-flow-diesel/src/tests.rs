@@ -348,8 +348,15 @@ fn transient_faults_are_unavailable() {
         let mapped = crate::error::db_error("x", error);
         assert!(mapped.is_transient(), "{mapped}");
     }
-    for error in [
+    let duplicate = crate::error::db_error(
+        "x",
         db(DatabaseErrorKind::UniqueViolation, "duplicate key value"),
+    );
+    assert!(
+        duplicate.is_unique_violation() && !duplicate.is_transient(),
+        "{duplicate}"
+    );
+    for error in [
         db(
             DatabaseErrorKind::CheckViolation,
             "CHECK constraint failed: status",

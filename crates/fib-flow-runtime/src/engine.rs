@@ -411,6 +411,26 @@ impl Engine {
         Ok(enqueued)
     }
 
+    /// Resolves and validates a one-off task as [`Engine::enqueue`] would, without writing
+    /// it: for callers that insert it themselves (inside their own transaction). Wake-ups are
+    /// theirs too: a worker sees the task at its next poll (or NOTIFY, on commit).
+    pub fn prepare_task(
+        &self,
+        name: &str,
+        payload: Value,
+        options: &TaskOptions,
+    ) -> Result<NewTask, RuntimeError> {
+        if options.unique_key.is_some() {
+            return Err(DomainError::InvalidOption {
+                field: "unique_key",
+                reason: "a task written through the caller's transaction cannot be unique; use enqueue_unique".into(),
+            }
+            .into());
+        }
+        self.inner
+            .new_async_task(name, payload, options, self.inner.clock.now())
+    }
+
     /// Submits several one-off tasks in one store call (all or nothing); ids in input order.
     pub async fn enqueue_many(
         &self,

@@ -38,6 +38,7 @@ mod error;
 mod manager;
 
 pub use error::{Error, Result};
+pub use fib_flow_diesel::CallerConnection;
 pub use manager::TaskManager;
 
 pub use fib_flow_audit::{

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fib_flow_audit::{
     Audit, TaskAudit, TaskAuditOptions, WorkflowAudit, WorkflowAuditOptions, WorkflowSummary,
 };
-use fib_flow_diesel::StoreConfig;
+use fib_flow_diesel::{CallerConnection, StoreConfig};
 use fib_flow_domain::query::{
     AttemptQuery, DeleteFilter, EventQuery, Page, PageRequest, TagStat, TaskQuery,
 };
@@ -265,6 +265,29 @@ impl TaskManager {
     /// Every cron schedule, by id.
     pub async fn crons(&self) -> Result<Vec<Task>> {
         Ok(self.engine.crons().await?)
+    }
+
+    /// Enqueues inside the caller's own database transaction, through the caller's
+    /// diesel-async connection (`AsyncPgConnection`, `AsyncMysqlConnection`, or
+    /// `SyncConnectionWrapper<SqliteConnection>`) to the fib-flow database: the task exists if
+    /// and only if that transaction commits. Options resolve as for [`TaskManager::enqueue`]
+    /// (`unique_key` is refused). Workers see the task once it commits, at their next poll
+    /// (PostgreSQL also wakes them with a NOTIFY on commit).
+    pub async fn enqueue_in<C: CallerConnection>(
+        &self,
+        conn: &mut C,
+        name: &str,
+        payload: Value,
+        options: TaskOptions,
+    ) -> Result<TaskId> {
+        let task = self.engine.prepare_task(name, payload, &options)?;
+        let ids = conn.insert_tasks(std::slice::from_ref(&task)).await?;
+        ids.into_iter().next().ok_or_else(|| {
+            Error::Store(fib_flow_ports::PortError::Database {
+                backend: self.store().backend(),
+                message: "inserted no row for one task".to_owned(),
+            })
+        })
     }
 
     /// [`TaskManager::enqueue`], telling whether the task is new: with
