@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use fib_flow::{
-    AttemptOutcome, CronChange, Enqueued, Error, HandlerError, ManualClock, Outcome, RetryBackoff,
-    RuntimeError, TaskHandle, TaskManager, TaskOptions, TaskStatus, json, permanent,
+    AttemptOutcome, CronChange, Enqueued, Error, HandlerError, HandlerOptions, ManagerOptions,
+    ManualClock, Outcome, RetryBackoff, RuntimeError, TaskHandle, TaskManager, TaskOptions,
+    TaskStatus, json, permanent,
 };
 
 use crate::harness::{Backend, TestDb, attempt_outcomes, event_types, poll_until, wait_status};
@@ -558,17 +559,119 @@ pub async fn enqueue_in_the_callers_transaction_commits_or_rolls_back_with_it(db
                 .expect("busy timeout");
             outbox_case!(&manager, &mut conn);
         }
+        #[cfg(feature = "postgres")]
         Backend::Postgres => {
             let mut conn = diesel_async::AsyncPgConnection::establish(&db.url)
                 .await
                 .expect("caller connection");
             outbox_case!(&manager, &mut conn);
         }
+        #[cfg(feature = "mysql")]
         Backend::Mysql => {
             let mut conn = diesel_async::AsyncMysqlConnection::establish(&db.url)
                 .await
                 .expect("caller connection");
             outbox_case!(&manager, &mut conn);
         }
+        #[allow(unreachable_patterns)]
+        other => eprintln!("skipped on {other:?}: its cargo feature is off"),
     }
+}
+
+pub async fn named_queues_split_workers_and_bound_each_queue(db: &TestDb) {
+    let email_worker = ManagerOptions {
+        queues: Some(vec!["email".into()]),
+        queue_concurrency: [("email".to_owned(), 1)].into(),
+        ..db.options()
+    };
+    let manager = db.manager_with(email_worker, None).await;
+    let active = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (now_active, max_seen) = (active.clone(), peak.clone());
+    let email = HandlerOptions {
+        queue: Some("email".into()),
+        ..HandlerOptions::default()
+    };
+    manager
+        .register_with(
+            "send",
+            move |_task: TaskHandle| {
+                let (active, peak) = (now_active.clone(), max_seen.clone());
+                async move {
+                    let running = active.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(running, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<Outcome, HandlerError>(json!("sent").into())
+                }
+            },
+            email,
+        )
+        .expect("register");
+    let reports = HandlerOptions {
+        queue: Some("reports".into()),
+        ..HandlerOptions::default()
+    };
+    let report =
+        |_task: TaskHandle| async move { Ok::<Outcome, HandlerError>(json!("report").into()) };
+    manager
+        .register_with("report", report, reports.clone())
+        .expect("register");
+    let mut sends = Vec::new();
+    for n in 0..4 {
+        sends.push(
+            manager
+                .enqueue("send", json!(n), TaskOptions::default())
+                .await
+                .expect("enqueue"),
+        );
+    }
+    let report_id = manager
+        .enqueue("report", json!({}), TaskOptions::default())
+        .await
+        .expect("enqueue");
+    manager.start().await.expect("start");
+    for id in &sends {
+        wait_status(&manager, *id, TaskStatus::Completed).await;
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "the email queue's limit held"
+    );
+    assert_eq!(
+        manager
+            .get_task(report_id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .status,
+        TaskStatus::Pending,
+        "this worker does not serve the reports queue"
+    );
+
+    if db.shares_across_managers() {
+        let reports_worker = ManagerOptions {
+            queues: Some(vec!["reports".into()]),
+            ..db.options()
+        };
+        let other = db.manager_with(reports_worker, None).await;
+        other
+            .register_with("report", report, reports)
+            .expect("register");
+        other.start().await.expect("start");
+        wait_status(&other, report_id, TaskStatus::Completed).await;
+        other.stop().await.expect("stop");
+    }
+    let refused = TaskManager::new(ManagerOptions {
+        queue_concurrency: [("email".to_owned(), 0)].into(),
+        ..db.options()
+    })
+    .await;
+    assert!(
+        matches!(&refused, Err(error) if error.to_string().contains("queue_concurrency")),
+        "{:?}",
+        refused.err()
+    );
+    manager.stop().await.expect("stop");
 }

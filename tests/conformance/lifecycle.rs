@@ -405,7 +405,9 @@ async fn ghost_claim(manager: &TaskManager, clock: &ManualClock, name: &str) -> 
             names: vec![ClaimName {
                 name: name.into(),
                 max: None,
+                queue: "default".into(),
             }],
+            queue_caps: Vec::new(),
             require_active_lease: false,
         })
         .await

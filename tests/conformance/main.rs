@@ -108,4 +108,5 @@ conformance! {
     failure_control::cron_registration_is_idempotent_per_key,
     failure_control::unique_key_returns_the_unfinished_task,
     failure_control::enqueue_in_the_callers_transaction_commits_or_rolls_back_with_it,
+    failure_control::named_queues_split_workers_and_bound_each_queue,
 }

@@ -84,7 +84,9 @@ async fn claim_as(
             names: vec![ClaimName {
                 name: name.into(),
                 max: None,
+                queue: "default".into(),
             }],
+            queue_caps: Vec::new(),
             require_active_lease,
         })
         .await

@@ -440,15 +440,36 @@ macro_rules! store_ops {
             }
 
             /// Due candidates: the uncapped names in one query, each capped name in its own
-            /// query limited to its cap, merged in claim order. Fetching per cap (rather than
-            /// dropping rows after one query) keeps a capped name with many due tasks from
-            /// starving the others in the same round.
+            /// query limited to its cap, and each capped queue in one query over its names
+            /// limited to the queue's cap (names capped inside it are held to their cap while
+            /// walking its rows in claim order), merged in claim order. Fetching per cap
+            /// (rather than dropping rows after one query) keeps a capped name or queue with
+            /// many due tasks from starving the others in the same round.
             async fn claim_candidates(conn: &mut Conn, request: &ClaimRequest) -> Tx<Vec<TaskRow>> {
                 let now = to_millis(request.now);
                 let limit = i64::from(request.limit);
+                let queue_caps: HashMap<&str, u32> = request
+                    .queue_caps
+                    .iter()
+                    .map(|cap| (cap.queue.as_str(), cap.max))
+                    .collect();
                 let mut uncapped: Vec<String> = Vec::new();
                 let mut capped: HashMap<String, u32> = HashMap::new();
+                let mut queued: std::collections::BTreeMap<&str, HashMap<String, Option<u32>>> =
+                    std::collections::BTreeMap::new();
                 for entry in &request.names {
+                    if queue_caps.contains_key(entry.queue.as_str()) {
+                        let cap = queued
+                            .entry(entry.queue.as_str())
+                            .or_default()
+                            .entry(entry.name.clone())
+                            .or_insert(entry.max);
+                        *cap = match (*cap, entry.max) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        continue;
+                    }
                     match entry.max {
                         None => uncapped.push(entry.name.clone()),
                         Some(max) => {
@@ -461,8 +482,8 @@ macro_rules! store_ops {
                 uncapped.retain(|name| !capped.contains_key(name));
                 uncapped.sort();
                 uncapped.dedup();
-                let mut rows = Vec::new();
                 let lease = request.require_active_lease.then_some(request.worker_id.as_str());
+                let mut rows = Vec::new();
                 if !uncapped.is_empty() {
                     rows.extend(select_claimable(conn, &uncapped, now, limit, lease).await?);
                 }
@@ -472,6 +493,23 @@ macro_rules! store_ops {
                     let cap = i64::from(max).min(limit);
                     if cap > 0 {
                         rows.extend(select_claimable(conn, &[name], now, cap, lease).await?);
+                    }
+                }
+                for (queue, names) in queued {
+                    let cap = i64::from(queue_caps.get(queue).copied().unwrap_or(0)).min(limit);
+                    if cap <= 0 {
+                        continue;
+                    }
+                    let mut list: Vec<String> = names.keys().cloned().collect();
+                    list.sort();
+                    let mut taken: HashMap<String, u32> = HashMap::new();
+                    for row in select_claimable(conn, &list, now, cap, lease).await? {
+                        let count = taken.entry(row.name.clone()).or_default();
+                        if names.get(&row.name).copied().flatten().is_some_and(|max| *count >= max) {
+                            continue;
+                        }
+                        *count += 1;
+                        rows.push(row);
                     }
                 }
                 rows.sort_by(|x, y| {

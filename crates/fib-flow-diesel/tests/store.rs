@@ -26,6 +26,7 @@ fn names(list: &[&str]) -> Vec<ClaimName> {
         .map(|name| ClaimName {
             name: (*name).to_owned(),
             max: None,
+            queue: "default".into(),
         })
         .collect()
 }
@@ -36,6 +37,7 @@ fn claim_req(worker: &str, list: &[&str], limit: u32, now_ms: i64) -> ClaimReque
         now: at(now_ms),
         limit,
         names: names(list),
+        queue_caps: Vec::new(),
         require_active_lease: false,
     }
 }
@@ -279,12 +281,15 @@ async fn claim_order_due_names_and_caps(ctx: Ctx) {
             ClaimName {
                 name: "a".into(),
                 max: Some(2),
+                queue: "default".into(),
             },
             ClaimName {
                 name: "b".into(),
                 max: None,
+                queue: "default".into(),
             },
         ],
+        queue_caps: Vec::new(),
         require_active_lease: false,
     };
     let claimed: Vec<TaskId> = ctx

@@ -76,7 +76,16 @@ pub struct ManagerOptions {
     /// finish too, so that they share one write transaction (0 writes at once). Ours.
     #[serde(with = "serde_units::millis")]
     pub outcome_linger: Duration,
+    /// The queues this worker serves (`None`: every queue it has handlers for). A handler's
+    /// queue is `HandlerOptions::queue` (default [`DEFAULT_QUEUE`]). Ours.
+    pub queues: Option<Vec<String>>,
+    /// Most executions at once per queue in this worker (within `max_concurrent_tasks`).
+    /// Ours.
+    pub queue_concurrency: std::collections::BTreeMap<String, usize>,
 }
+
+/// The queue of a handler registered without one.
+pub const DEFAULT_QUEUE: &str = "default";
 
 impl Default for ManagerOptions {
     fn default() -> Self {
@@ -103,6 +112,8 @@ impl Default for ManagerOptions {
             pool_size: 5,
             acquire_timeout: Duration::from_secs(30),
             outcome_linger: Duration::from_millis(2),
+            queues: None,
+            queue_concurrency: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -187,6 +198,26 @@ impl ManagerOptions {
         }
         if self.retention_interval.is_zero() {
             return Err(invalid("retention_interval", "must be greater than zero"));
+        }
+        if let Some(queues) = &self.queues {
+            if queues.is_empty() {
+                return Err(invalid(
+                    "queues",
+                    "must name at least one queue when given (leave it unset to serve every queue)",
+                ));
+            }
+            for queue in queues {
+                limits::check_name("queues", queue)?;
+            }
+        }
+        for (queue, limit) in &self.queue_concurrency {
+            limits::check_name("queue_concurrency", queue)?;
+            if *limit == 0 {
+                return Err(invalid(
+                    "queue_concurrency",
+                    format!("the limit of queue {queue:?} must be at least 1"),
+                ));
+            }
         }
         if self.claim_batch_size == 0 {
             return Err(invalid("claim_batch_size", "must be at least 1"));
@@ -338,9 +369,17 @@ pub struct HandlerOptions {
     pub retry_backoff: Option<RetryBackoff>,
     /// Human description (`get_task_info`).
     pub description: Option<String>,
+    /// The queue this handler's tasks belong to (default [`DEFAULT_QUEUE`]): a worker serves
+    /// the queues of `ManagerOptions::queues` and limits each by `queue_concurrency`. Ours.
+    pub queue: Option<String>,
 }
 
 impl HandlerOptions {
+    /// The handler's queue.
+    pub fn queue_name(&self) -> &str {
+        self.queue.as_deref().unwrap_or(DEFAULT_QUEUE)
+    }
+
     /// Rejects a zero per-type concurrency limit and a zero timeout.
     pub fn validate(&self) -> Result<(), DomainError> {
         if self.max_concurrent_tasks == Some(0) {
@@ -351,6 +390,9 @@ impl HandlerOptions {
         }
         if let Some(timeout) = self.timeout {
             check_timeout(timeout)?;
+        }
+        if let Some(queue) = &self.queue {
+            limits::check_name("queue", queue)?;
         }
         Ok(())
     }

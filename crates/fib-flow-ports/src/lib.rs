@@ -20,8 +20,8 @@ pub use handle::{
     is_permanent, permanent,
 };
 pub use store::{
-    BatchCommand, ClaimName, ClaimRequest, CronChange, Enqueued, Expiry, Recovery, RetentionReport,
-    RetentionRun, RetiredWorkers, SpawnRequest, TaskStore, WorkerRegistration,
+    BatchCommand, ClaimName, ClaimRequest, CronChange, Enqueued, Expiry, QueueCap, Recovery,
+    RetentionReport, RetentionRun, RetiredWorkers, SpawnRequest, TaskStore, WorkerRegistration,
 };
 
 #[cfg(feature = "mocks")]

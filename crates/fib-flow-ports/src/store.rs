@@ -21,6 +21,18 @@ pub struct ClaimName {
     pub name: String,
     /// At most this many of this name in this claim (`None`: only the overall limit applies).
     pub max: Option<u32>,
+    /// The handler's queue; a queue listed in [`ClaimRequest::queue_caps`] bounds all its
+    /// names together.
+    pub queue: String,
+}
+
+/// At most `max` tasks of the names of `queue`, together, in one claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCap {
+    /// The queue.
+    pub queue: String,
+    /// Its remaining capacity in this worker.
+    pub max: u32,
 }
 
 /// One claim round.
@@ -34,6 +46,8 @@ pub struct ClaimRequest {
     pub limit: u32,
     /// Names eligible for this round.
     pub names: Vec<ClaimName>,
+    /// Per-queue bounds (queues not listed are bounded only by `limit` and their names' caps).
+    pub queue_caps: Vec<QueueCap>,
     /// Claim only while `worker_id` holds an active registry row (checked in the claim
     /// statement itself, so a worker superseded or reaped a moment ago claims nothing).
     pub require_active_lease: bool,

@@ -981,7 +981,10 @@ impl Inner {
             if free == 0 {
                 continue;
             }
-            let names = self.registry.claim_names();
+            let (names, queue_caps) = self.registry.claim_filter(
+                self.options.queues.as_deref(),
+                &self.options.queue_concurrency,
+            );
             if names.is_empty() {
                 let until = time::add(self.clock.now(), self.options.poll_interval);
                 self.idle_wait(until).await;
@@ -993,6 +996,7 @@ impl Inner {
                 now: self.clock.now(),
                 limit: u32::try_from(limit).unwrap_or(u32::MAX),
                 names,
+                queue_caps,
                 require_active_lease: true,
             };
             // This round sees every task submitted so far, so it satisfies the wake-ups

@@ -1,7 +1,7 @@
 //! The handler registry: name → handler and its registration defaults, plus the per-type
 //! running counters used for per-handler concurrency limits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use fib_flow_domain::HandlerOptions;
-use fib_flow_ports::{ClaimName, HandlerError, HandlerResult, Outcome, TaskHandle, TaskHandler};
+use fib_flow_ports::{
+    ClaimName, HandlerError, HandlerResult, Outcome, QueueCap, TaskHandle, TaskHandler,
+};
 
 /// Adapts a closure returning `Result<impl Into<Outcome>, impl Into<HandlerError>>` to the
 /// [`TaskHandler`] trait.
@@ -111,31 +113,69 @@ impl Registry {
             .clone()
     }
 
-    /// The claim filter: every registered name whose per-type limit is not reached, with its
-    /// remaining capacity. Sorted by name so claim requests are deterministic.
-    pub(crate) fn claim_names(&self) -> Vec<ClaimName> {
-        let limits: Vec<(String, Option<usize>)> = self
+    /// The claim filter: every registered name of a served queue (`served`: `None` serves
+    /// all) whose per-type limit is not reached, with its remaining capacity, and the
+    /// remaining capacity of every queue `queue_limits` bounds; a queue at its limit
+    /// contributes no names. Sorted by name so claim requests are deterministic.
+    pub(crate) fn claim_filter(
+        &self,
+        served: Option<&[String]>,
+        queue_limits: &BTreeMap<String, usize>,
+    ) -> (Vec<ClaimName>, Vec<QueueCap>) {
+        let registered: Vec<(String, String, Option<usize>)> = self
             .entries
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(name, entry)| (name.clone(), entry.options.max_concurrent_tasks))
+            .filter(|(_, entry)| {
+                served.is_none_or(|queues| queues.iter().any(|q| q == entry.options.queue_name()))
+            })
+            .map(|(name, entry)| {
+                (
+                    name.clone(),
+                    entry.options.queue_name().to_owned(),
+                    entry.options.max_concurrent_tasks,
+                )
+            })
             .collect();
-        let mut names: Vec<ClaimName> = limits
+        let mut queue_running: BTreeMap<&str, usize> = BTreeMap::new();
+        for (name, queue, _) in &registered {
+            *queue_running.entry(queue.as_str()).or_default() +=
+                self.counter(name).load(Ordering::SeqCst);
+        }
+        let caps: Vec<QueueCap> = queue_running
+            .iter()
+            .filter_map(|(queue, running)| {
+                let limit = queue_limits.get(*queue)?;
+                Some(QueueCap {
+                    queue: (*queue).to_owned(),
+                    max: u32::try_from(limit.saturating_sub(*running)).unwrap_or(u32::MAX),
+                })
+            })
+            .collect();
+        let full = |queue: &str| caps.iter().any(|cap| cap.queue == queue && cap.max == 0);
+        let mut names: Vec<ClaimName> = registered
             .into_iter()
-            .filter_map(|(name, limit)| match limit {
-                None => Some(ClaimName { name, max: None }),
+            .filter(|(_, queue, _)| !full(queue))
+            .filter_map(|(name, queue, limit)| match limit {
+                None => Some(ClaimName {
+                    name,
+                    max: None,
+                    queue,
+                }),
                 Some(limit) => {
                     let running = self.counter(&name).load(Ordering::SeqCst);
                     let free = limit.saturating_sub(running);
                     (free > 0).then(|| ClaimName {
                         name,
                         max: Some(u32::try_from(free).unwrap_or(u32::MAX)),
+                        queue,
                     })
                 }
             })
             .collect();
         names.sort_by(|a, b| a.name.cmp(&b.name));
-        names
+        let caps = caps.into_iter().filter(|cap| cap.max > 0).collect();
+        (names, caps)
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fib_flow_domain::{HandlerOptions, TaskId, TaskOptions};
-use fib_flow_ports::{ClaimName, HandlerError, Outcome, PortError, TaskHandle};
+use fib_flow_ports::{ClaimName, HandlerError, Outcome, PortError, QueueCap, TaskHandle};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -167,10 +167,12 @@ async fn per_type_limit_is_reflected_in_claim_names() {
     let free = ClaimName {
         name: "free".into(),
         max: None,
+        queue: "default".into(),
     };
     let limited = |max| ClaimName {
         name: "limited".into(),
         max: Some(max),
+        queue: "default".into(),
     };
     assert_eq!(names(0), [free.clone(), limited(2)]);
     assert_eq!(names(1), [free.clone(), limited(1)], "remaining capacity");
@@ -229,7 +231,8 @@ async fn per_type_count_survives_re_registration() {
         last.names,
         [ClaimName {
             name: "free".into(),
-            max: None
+            max: None,
+            queue: "default".into(),
         }],
         "the replaced registration still counts the running v1 attempt"
     );
@@ -436,5 +439,79 @@ async fn no_registered_handler_means_no_claim() {
     })
     .await;
     let _ = TaskId(0);
+    engine.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_claims_only_its_queues_within_their_limits() {
+    let options = ManagerOptions {
+        queues: Some(vec!["email".into()]),
+        queue_concurrency: [("email".to_owned(), 2)].into(),
+        ..options()
+    };
+    let (engine, rec, _clock) = engine_with(options);
+    let (gate, active, peak) = counters();
+    let email = |max| HandlerOptions {
+        queue: Some("email".into()),
+        max_concurrent_tasks: max,
+        ..HandlerOptions::default()
+    };
+    engine
+        .register_with(
+            "send",
+            gated(&rec, &gate, &active, &peak, "send"),
+            email(None),
+        )
+        .unwrap();
+    engine
+        .register_with(
+            "welcome",
+            gated(&rec, &gate, &active, &peak, "welcome"),
+            email(Some(1)),
+        )
+        .unwrap();
+    let reports = HandlerOptions {
+        queue: Some("reports".into()),
+        ..HandlerOptions::default()
+    };
+    engine
+        .register_with(
+            "report",
+            gated(&rec, &gate, &active, &peak, "report"),
+            reports,
+        )
+        .unwrap();
+    rec.script_claim(Ok(vec![running_task(1, "send", 1, t0())]));
+    engine.start().await.unwrap();
+    rec.wait("send running", started(1)).await;
+    rec.wait_count("a second claim", 2, |event| matches!(event, Ev::Claim(_)))
+        .await;
+    let claims = rec.claims();
+    let queue_of = |name: &str, max| ClaimName {
+        name: name.into(),
+        max,
+        queue: "email".into(),
+    };
+    assert_eq!(
+        claims[0].names,
+        [queue_of("send", None), queue_of("welcome", Some(1))],
+        "the reports queue is not served here"
+    );
+    assert_eq!(
+        claims[0].queue_caps,
+        [QueueCap {
+            queue: "email".into(),
+            max: 2
+        }]
+    );
+    assert_eq!(
+        claims[1].queue_caps,
+        [QueueCap {
+            queue: "email".into(),
+            max: 1
+        }],
+        "one of the queue's two slots is taken"
+    );
+    gate.add_permits(1);
     engine.stop().await.unwrap();
 }
