@@ -6,6 +6,7 @@
 
 mod audit;
 mod contention;
+mod developer;
 mod failure_control;
 mod hardening;
 mod harness;
@@ -109,4 +110,6 @@ conformance! {
     failure_control::unique_key_returns_the_unfinished_task,
     failure_control::enqueue_in_the_callers_transaction_commits_or_rolls_back_with_it,
     failure_control::named_queues_split_workers_and_bound_each_queue,
+    developer::typed_jobs_round_trip_and_a_malformed_payload_fails_permanently,
+    developer::wait_for_status_fails_when_it_times_out,
 }

@@ -9,6 +9,7 @@ use fib_flow_domain::progress::{
     Checkpoint, Progress, RecordContext, checkpoint_record, progress_record,
 };
 use fib_flow_domain::{ChildFailurePolicy, ChildResult, ChildSpec, Task, TaskId};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,35 @@ pub fn is_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
 pub trait TaskHandler: Send + Sync {
     /// Runs one attempt of a task.
     async fn run(&self, task: TaskHandle) -> HandlerResult;
+}
+
+/// A typed job: its handler name, its payload (the implementing type itself, stored as JSON)
+/// and what a run does. Register it with `register_job::<J>()`, submit it with
+/// `enqueue_job(job, options)`; a stored payload that does not deserialize into `J` fails the
+/// task permanently (no retry can fix it), naming the type.
+///
+/// ```ignore
+/// #[derive(Serialize, Deserialize)]
+/// struct Welcome { email: String }
+///
+/// impl Job for Welcome {
+///     const NAME: &'static str = "welcome_email";
+///     type Output = String;
+///     async fn run(self, _task: TaskHandle) -> Result<String, HandlerError> {
+///         Ok(format!("sent to {}", self.email))
+///     }
+/// }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The handler name its tasks are registered and enqueued under.
+    const NAME: &'static str;
+    /// What a run returns, stored as the task's result.
+    type Output: Serialize + Send;
+    /// Runs one attempt with the deserialized payload.
+    fn run(
+        self,
+        task: TaskHandle,
+    ) -> impl std::future::Future<Output = Result<Self::Output, HandlerError>> + Send;
 }
 
 /// How an attempt ended successfully.

@@ -16,8 +16,8 @@ mod store;
 pub use clock::Clock;
 pub use error::{ConnectErrorKind, PortError};
 pub use handle::{
-    HandlerError, HandlerResult, Outcome, Permanent, Spawn, Suspension, TaskHandle, TaskHandler,
-    is_permanent, permanent,
+    HandlerError, HandlerResult, Job, Outcome, Permanent, Spawn, Suspension, TaskHandle,
+    TaskHandler, is_permanent, permanent,
 };
 pub use store::{
     BatchCommand, ClaimName, ClaimRequest, CronChange, Enqueued, Expiry, QueueCap, Recovery,

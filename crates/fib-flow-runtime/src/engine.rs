@@ -13,14 +13,15 @@ use fib_flow_domain::{
     Task, TaskId, TaskOptions, TaskStatus, TaskType, Worker, WorkerQuery, time,
 };
 use fib_flow_ports::{
-    ClaimRequest, Clock, CronChange, Enqueued, HandlerError, Outcome, PortError, RetentionReport,
-    TaskHandle, TaskHandler, TaskStore,
+    ClaimRequest, Clock, CronChange, Enqueued, HandlerError, Job, Outcome, PortError,
+    RetentionReport, TaskHandle, TaskHandler, TaskStore,
 };
 use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::RuntimeError;
 use crate::registry::{Entry, FnHandler, Registry};
@@ -310,6 +311,46 @@ impl Engine {
             Arc::new(FnHandler(handler)),
             HandlerOptions::default(),
         )
+    }
+
+    /// Registers a typed job under `J::NAME`: each attempt deserializes the payload into `J`
+    /// (a payload that does not fit fails the task permanently, naming the type), runs it, and
+    /// stores its output as the result.
+    pub fn register_job<J: Job>(&self, options: HandlerOptions) -> Result<(), RuntimeError> {
+        self.register_with(
+            J::NAME,
+            |task: TaskHandle| async move {
+                let job: J = serde_json::from_value(task.payload().clone()).map_err(|error| {
+                    fib_flow_ports::permanent(format!(
+                        "payload of {} is not a valid {}: {error}",
+                        J::NAME,
+                        std::any::type_name::<J>()
+                    ))
+                })?;
+                let output = job.run(task).await?;
+                let result = serde_json::to_value(output).map_err(|error| {
+                    fib_flow_ports::permanent(format!(
+                        "result of {} cannot be stored as JSON: {error}",
+                        J::NAME
+                    ))
+                })?;
+                Ok::<Outcome, HandlerError>(Outcome::Complete(result))
+            },
+            options,
+        )
+    }
+
+    /// Enqueues a typed job under `J::NAME`, its fields as the payload.
+    pub async fn enqueue_job<J: Job>(
+        &self,
+        job: &J,
+        options: TaskOptions,
+    ) -> Result<TaskId, RuntimeError> {
+        let payload = serde_json::to_value(job).map_err(|error| DomainError::InvalidOption {
+            field: "payload",
+            reason: format!("{} does not serialize to JSON: {error}", J::NAME),
+        })?;
+        self.enqueue(J::NAME, payload, options).await
     }
 
     /// Registers a closure with its own defaults (the reference's object form); the options
@@ -1077,11 +1118,22 @@ impl Inner {
             counter,
             handler_ended: AtomicBool::new(false),
         };
-        tokio::spawn(async move {
-            let inner = slot.inner.clone();
-            inner.execute(task, cancel, &slot).await;
-            drop(slot);
-        });
+        // Every log of the attempt, the handler's own included, carries the task's identity.
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.id,
+            name = %task.name,
+            attempt = task.attempt,
+            worker_id = %self.worker_id,
+        );
+        tokio::spawn(
+            async move {
+                let inner = slot.inner.clone();
+                inner.execute(task, cancel, &slot).await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
 
     /// Part of `stop`: waits up to `stop_timeout` for in-flight executions, then cancels the

@@ -11,6 +11,7 @@ use fib_flow_ports::{
     HandlerResult, Outcome, PortError, Spawn, SpawnRequest, TaskHandle, is_permanent,
 };
 use tokio::task::JoinError;
+use tracing::Instrument;
 
 use crate::engine::{Cancel, CancelReason, Inner, Slot};
 use crate::retry::retry_transient;
@@ -86,7 +87,9 @@ impl Inner {
         let probe = handle.clone();
         let handler = entry.handler;
         // Its own task: a panic is caught as a JoinError, and aborting drops the future.
-        let mut join = tokio::spawn(async move { handler.run(handle).await });
+        let mut join = tokio::spawn(
+            async move { handler.run(handle).await }.instrument(tracing::Span::current()),
+        );
         let deadline = task.deadline;
         let deadline_passed = || async move {
             match deadline {
@@ -213,7 +216,7 @@ impl Inner {
             }
             Err(error) if is_permanent(error.as_ref()) => {
                 let message = error_text(error.as_ref());
-                tracing::debug!(task_id = %id, attempt, error = %message, "handler failed permanently");
+                tracing::warn!(task_id = %id, attempt, error = %message, "handler failed permanently; no retry");
                 let command = Command::FailPermanently {
                     attempt,
                     error: message,
@@ -222,7 +225,7 @@ impl Inner {
             }
             Err(error) => {
                 let message = error_text(error.as_ref());
-                tracing::debug!(task_id = %id, attempt, error = %message, "handler failed");
+                tracing::warn!(task_id = %id, attempt, error = %message, "handler failed");
                 self.fail(id, attempt, message, probe.deadline_reported())
                     .await;
             }

@@ -20,6 +20,16 @@ pub enum Error {
     /// A storage error.
     #[error(transparent)]
     Store(#[from] PortError),
+    /// `wait_for_status` gave up: the task did not reach any of the wanted statuses in time.
+    #[error("task {} is still {} after {waited:?} (waited for {})", task.id, task.status, statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))]
+    WaitTimedOut {
+        /// The task as last seen.
+        task: Box<fib_flow_domain::Task>,
+        /// The statuses waited for.
+        statuses: Vec<fib_flow_domain::TaskStatus>,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -32,7 +42,7 @@ impl Error {
             Error::Runtime(RuntimeError::Store(error)) | Error::Store(error) => {
                 error.is_transient()
             }
-            Error::Runtime(_) => false,
+            Error::Runtime(_) | Error::WaitTimedOut { .. } => false,
             Error::Audit(error) => error.is_transient(),
         }
     }

@@ -37,6 +37,19 @@
 mod error;
 mod manager;
 
+/// The README's code blocks, compiled (and the quick start type-checked) by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeSnippets;
+
+/// What a service that runs tasks usually needs: `use fib_flow::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Error, HandlerError, HandlerOptions, Job, ManagerOptions, Outcome, TaskHandle, TaskId,
+        TaskManager, TaskOptions, TaskStatus, Value, json, permanent,
+    };
+}
+
 pub use error::{Error, Result};
 pub use fib_flow_diesel::CallerConnection;
 pub use manager::TaskManager;
@@ -56,8 +69,8 @@ pub use fib_flow_domain::{
     WorkerStatus,
 };
 pub use fib_flow_ports::{
-    Clock, ConnectErrorKind, CronChange, Enqueued, HandlerError, HandlerResult, Outcome, Permanent,
-    PortError, RetentionReport, Spawn, Suspension, TaskHandle, TaskHandler, TaskStore,
+    Clock, ConnectErrorKind, CronChange, Enqueued, HandlerError, HandlerResult, Job, Outcome,
+    Permanent, PortError, RetentionReport, Spawn, Suspension, TaskHandle, TaskHandler, TaskStore,
     is_permanent, permanent,
 };
 pub use fib_flow_runtime::clock::{ManualClock, SystemClock};

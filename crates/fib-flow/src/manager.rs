@@ -16,8 +16,8 @@ use fib_flow_domain::{
     TaskId, TaskOptions, TaskStatus, Worker, WorkerQuery,
 };
 use fib_flow_ports::{
-    Clock, CronChange, Enqueued, HandlerError, Outcome, RetentionReport, TaskHandle, TaskHandler,
-    TaskStore,
+    Clock, CronChange, Enqueued, HandlerError, Job, Outcome, RetentionReport, TaskHandle,
+    TaskHandler, TaskStore,
 };
 use fib_flow_runtime::clock::SystemClock;
 use fib_flow_runtime::{Engine, ManagerState, SweepReport, TaskInfo};
@@ -158,6 +158,16 @@ impl TaskManager {
         E: Into<HandlerError>,
     {
         Ok(self.engine.register(name, handler)?)
+    }
+
+    /// Registers a typed job under `J::NAME` (see [`Job`]).
+    pub fn register_job<J: Job>(&self, options: HandlerOptions) -> Result<()> {
+        Ok(self.engine.register_job::<J>(options)?)
+    }
+
+    /// Enqueues a typed job under `J::NAME`, its fields as the payload.
+    pub async fn enqueue_job<J: Job>(&self, job: &J, options: TaskOptions) -> Result<TaskId> {
+        Ok(self.engine.enqueue_job(job, options).await?)
     }
 
     /// Registers a handler with its own defaults (the reference's object form).
@@ -493,8 +503,10 @@ impl TaskManager {
             .items)
     }
 
-    /// Polls the task until it reaches one of `statuses` or `timeout` passes (wall-clock);
-    /// returns the task's snapshot.
+    /// Polls the task until it reaches one of `statuses` and returns its snapshot; fails with
+    /// [`Error::WaitTimedOut`] (carrying the last snapshot) when `timeout` passes first
+    /// (wall clock), so a caller that forgets to look at the status cannot mistake a timeout
+    /// for success.
     pub async fn wait_for_status(
         &self,
         id: TaskId,
@@ -507,8 +519,15 @@ impl TaskManager {
                 .get_task(id)
                 .await?
                 .ok_or(fib_flow_ports::PortError::NotFound(id))?;
-            if statuses.contains(&task.status) || started.elapsed() >= timeout {
+            if statuses.contains(&task.status) {
                 return Ok(task);
+            }
+            if started.elapsed() >= timeout {
+                return Err(Error::WaitTimedOut {
+                    task: Box::new(task),
+                    statuses: statuses.to_vec(),
+                    waited: timeout,
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -780,7 +780,10 @@ async fn crash_test(backend: Backend, url: String, logs: PathBuf) {
         )
     };
     let from_live: usize = timing.from_live.values().sum();
-    println!(
+    // Written to the stdout handle, past libtest's capture of `println!`, so that every CI
+    // log shows the figures, passing or not.
+    let _ = writeln!(
+        std::io::stdout(),
         "crash test on {backend:?}: {} tasks {by_status:?}; chaos {:.1} s, drain {:.1} s\n  \
          kills: {} ({} immediate restarts, {delayed} delayed); {connection_kills}\n  \
          recoveries: {} task_recovered events ({} by the killed pod's restart, {} by another \

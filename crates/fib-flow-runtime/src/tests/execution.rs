@@ -725,3 +725,54 @@ async fn a_transient_outcome_fault_is_retried_past_any_fixed_count() {
     );
     engine.stop().await.unwrap();
 }
+
+/// Collects what a `fmt` subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_log_of_an_attempt_carries_the_task_span_and_failures_are_warnings() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // The test runtime is single-threaded, so the thread's default reaches every task.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (engine, rec, _clock) = engine();
+    engine
+        .register("logs", |_task: TaskHandle| async move {
+            tracing::info!("inside the handler");
+            Err::<Outcome, _>("it broke")
+        })
+        .expect("register");
+    run_claimed(&engine, &rec, vec![running_task(7, "logs", 3, t0())], 1).await;
+    engine.stop().await.unwrap();
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = |needle: &str| {
+        text.lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
+            .to_owned()
+    };
+    let handler_line = line("inside the handler");
+    assert!(
+        handler_line.contains("task{task_id=7 name=logs attempt=3 worker_id=w1}"),
+        "{handler_line}"
+    );
+    let failure = line("handler failed");
+    assert!(failure.contains("WARN"), "{failure}");
+    assert!(failure.contains("task{task_id=7"), "{failure}");
+}
