@@ -1022,6 +1022,11 @@ impl Inner {
             if free == 0 {
                 continue;
             }
+            // The gates above may have been waited at for a while (the start-up registration,
+            // a busy slot): a pause or a lost lease meanwhile sends the loop back to them.
+            if *self.paused.borrow() || !*self.leased.borrow() {
+                continue;
+            }
             let (names, queue_caps) = self.registry.claim_filter(
                 self.options.queues.as_deref(),
                 &self.options.queue_concurrency,

@@ -1,6 +1,7 @@
 //! The worker registry from the engine's side: registration, superseding, fencing, revival,
 //! recovery of lost attempts, the `stopped` mark, and a cooperative stop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fib_flow_domain::{Command, TaskId, WorkerStatus};
@@ -284,4 +285,30 @@ async fn a_handler_that_gives_up_on_stop_is_released_not_failed() {
         is_complete(&rec.applies_to(2)[0], &json!("done anyway")),
         "a result returned on stop is kept"
     );
+}
+
+#[tokio::test]
+async fn a_pause_while_the_registration_is_pending_holds() {
+    let (engine, rec, _clock) = engine();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *rec.registration_gate.lock().unwrap() = Some(gate.clone());
+    engine.register("echo", echo).unwrap();
+    engine.start().await.unwrap();
+    // The claim loop has passed the pause gate and waits for the lease.
+    settle().await;
+    engine.pause();
+    gate.add_permits(1);
+    rec.wait("the registration", |log| {
+        log.contains(&Ev::Register("w1".into(), false))
+    })
+    .await;
+    settle().await;
+    assert!(engine.is_leased());
+    assert!(rec.claims().is_empty(), "paused while waiting: no claim");
+    engine.resume();
+    rec.wait_count("a claim after resume", 1, |event| {
+        matches!(event, Ev::Claim(_))
+    })
+    .await;
+    engine.stop().await.unwrap();
 }

@@ -90,6 +90,8 @@ pub(crate) struct Rec {
     pub(crate) workers: Mutex<std::collections::BTreeMap<String, Worker>>,
     /// What `idle_attempts` returns next.
     pub(crate) idle: Mutex<Vec<(TaskId, i32)>>,
+    /// When set, `register_worker` waits for a permit (a slow start-up registration).
+    pub(crate) registration_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Rec {
@@ -109,6 +111,7 @@ impl Rec {
             next_id: AtomicUsize::new(100),
             workers: Mutex::default(),
             idle: Mutex::default(),
+            registration_gate: Mutex::default(),
         })
     }
 
@@ -474,6 +477,10 @@ impl TaskStore for TestStore {
         self.mock.purge_expired(run).await
     }
     async fn register_worker(&self, registration: WorkerRegistration) -> Result<Worker, PortError> {
+        let gate = self.rec.registration_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.unwrap().forget();
+        }
         let revived = registration.meta.get("recovered_at").is_some();
         self.rec
             .push(Ev::Register(registration.worker_id.clone(), revived));
