@@ -20,6 +20,14 @@ pub enum Error {
     /// A storage error.
     #[error(transparent)]
     Store(#[from] PortError),
+    /// `testing::run_until_idle` gave up: these tasks were still due or running.
+    #[error("not idle after {waited:?}: tasks {busy:?} are still due or running")]
+    NotIdle {
+        /// The tasks still due or running.
+        busy: Vec<fib_flow_domain::TaskId>,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// `wait_for_status` gave up: the task did not reach any of the wanted statuses in time.
     #[error("task {} is still {} after {waited:?} (waited for {})", task.id, task.status, statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))]
     WaitTimedOut {
@@ -42,7 +50,7 @@ impl Error {
             Error::Runtime(RuntimeError::Store(error)) | Error::Store(error) => {
                 error.is_transient()
             }
-            Error::Runtime(_) | Error::WaitTimedOut { .. } => false,
+            Error::Runtime(_) | Error::WaitTimedOut { .. } | Error::NotIdle { .. } => false,
             Error::Audit(error) => error.is_transient(),
         }
     }

@@ -36,6 +36,7 @@
 
 mod error;
 mod manager;
+pub mod testing;
 
 /// The README's code blocks, compiled (and the quick start type-checked) by `cargo test`.
 #[cfg(doctest)]
