@@ -507,27 +507,7 @@ async fn suspension_is_written_with_reason_metadata_and_context() {
 
 #[tokio::test]
 async fn stale_outcome_write_is_logged_and_dropped() {
-    use std::io::Write;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // Current-thread runtime: every engine task runs on this thread, under this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture_logs(tracing::Level::TRACE).await;
 
     let (engine, rec, _clock) = engine();
     engine
@@ -549,7 +529,7 @@ async fn stale_outcome_write_is_logged_and_dropped() {
         1,
         "a stale write is neither retried nor turned into a failure"
     );
-    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("WARN")
             && logs.contains("skipping stale completion update for task 1 attempt 1"),
@@ -730,6 +710,12 @@ async fn a_transient_outcome_fault_is_retried_past_any_fixed_count() {
 #[derive(Clone, Default)]
 struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
 
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
 impl std::io::Write for Captured {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(bytes);
@@ -740,39 +726,16 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test]
-async fn every_log_of_an_attempt_carries_the_task_span_and_failures_are_warnings() {
+/// Installs a capturing subscriber on this thread (the test runtime is single-threaded, so it
+/// reaches every task) until the returned guard drops.
+async fn capture_logs(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
         .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(level)
         .finish();
-    // The test runtime is single-threaded, so the thread's default reaches every task.
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let (engine, rec, _clock) = engine();
-    engine
-        .register("logs", |_task: TaskHandle| async move {
-            tracing::info!("inside the handler");
-            Err::<Outcome, _>("it broke")
-        })
-        .expect("register");
-    run_claimed(&engine, &rec, vec![running_task(7, "logs", 3, t0())], 1).await;
-    engine.stop().await.unwrap();
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let line = |needle: &str| {
-        text.lines()
-            .find(|line| line.contains(needle))
-            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
-            .to_owned()
-    };
-    let handler_line = line("inside the handler");
-    assert!(
-        handler_line.contains("task{task_id=7 name=logs attempt=3 worker_id=w1}"),
-        "{handler_line}"
-    );
-    let failure = line("handler failed");
-    assert!(failure.contains("WARN"), "{failure}");
-    assert!(failure.contains("task{task_id=7"), "{failure}");
+    let guard = tracing::subscriber::set_default(subscriber);
+    (captured, guard)
 }
