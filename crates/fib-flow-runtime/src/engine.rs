@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::RuntimeError;
+use crate::metrics;
 use crate::registry::{Entry, FnHandler, Registry};
 use crate::writer::{OutcomeWriter, WriterSettings};
 
@@ -447,6 +448,7 @@ impl Engine {
             }
         };
         if enqueued.created {
+            metrics::count(metrics::ENQUEUED, name);
             self.inner.wake.notify_one();
         }
         Ok(enqueued)
@@ -497,7 +499,11 @@ impl Engine {
                 self.inner.new_async_task(&name, payload, &options, now)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = rows.iter().map(|row| row.name.clone()).collect();
         let ids = self.inner.store.insert_tasks(rows).await?;
+        for name in &names {
+            metrics::count(metrics::ENQUEUED, name);
+        }
         self.inner.wake.notify_one();
         Ok(ids)
     }
@@ -569,6 +575,9 @@ impl Engine {
         task.validate()?;
         let (id, change) = self.inner.store.upsert_cron(task, cron_key.clone()).await?;
         tracing::info!(task_id = %id, cron_key = %cron_key, ?change, "cron schedule registered");
+        if change == CronChange::Created {
+            metrics::count(metrics::ENQUEUED, name);
+        }
         if change != CronChange::Unchanged {
             self.inner.wake.notify_one();
         }
@@ -1102,6 +1111,15 @@ impl Inner {
     /// already sees the slot taken.
     fn launch(self: Arc<Self>, task: Task) {
         tracing::debug!(task_id = %task.id, attempt = task.attempt, name = %task.name, stage = task.stage, "claimed");
+        metrics::count(metrics::CLAIMED, &task.name);
+        if task.retry_count > 0 {
+            metrics::count(metrics::RETRIED, &task.name);
+        }
+        if let Some(started) = task.start_time
+            && let Ok(waited) = (started - task.next_run_time).to_std()
+        {
+            metrics::seconds(metrics::PICKUP_SECONDS, &task.name, waited);
+        }
         let cancel = Cancel::default();
         let counter = self.registry.counter(&task.name);
         counter.fetch_add(1, Ordering::SeqCst);

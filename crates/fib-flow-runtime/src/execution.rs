@@ -14,6 +14,7 @@ use tokio::task::JoinError;
 use tracing::Instrument;
 
 use crate::engine::{Cancel, CancelReason, Inner, Slot};
+use crate::metrics;
 use crate::retry::retry_transient;
 
 /// Message of a failure written when the local deadline cancels a handler.
@@ -86,6 +87,7 @@ impl Inner {
         );
         let probe = handle.clone();
         let handler = entry.handler;
+        let handler_started = self.clock.now();
         // Its own task: a panic is caught as a JoinError, and aborting drops the future.
         let mut join = tokio::spawn(
             async move { handler.run(handle).await }.instrument(tracing::Span::current()),
@@ -124,6 +126,10 @@ impl Inner {
         // interrupted, not failed: release the task as a stop does, charging no retry. A
         // result it still returned is kept.
         let stopping = cancel.token.is_cancelled() && cancel.reason() == CancelReason::Stopping;
+        count_outcome(&task.name, &ended, stopping);
+        if let Ok(ran) = (self.clock.now() - handler_started).to_std() {
+            metrics::seconds(metrics::EXECUTION_SECONDS, &task.name, ran);
+        }
         match ended {
             Ended::Returned(result) if stopping && !matches!(result, Ok(Ok(_))) => {
                 tracing::debug!(task_id = %id, attempt, "handler gave up on stop; releasing the task");
@@ -412,6 +418,22 @@ fn verdict<T>(what: &str, id: TaskId, attempt: i32, result: Result<T, PortError>
             Written::Failed
         }
     }
+}
+
+/// Counts how an attempt's handler ended (not counted: a give-up on stop, which is an
+/// interruption, and cancellations that are not the attempt's own failure).
+fn count_outcome(name: &str, ended: &Ended, stopping: bool) {
+    let metric = match ended {
+        Ended::Returned(Ok(Ok(Outcome::Complete(_)))) => metrics::COMPLETED,
+        Ended::Returned(Ok(Ok(Outcome::Snooze(_)))) => metrics::SNOOZED,
+        Ended::Returned(Ok(Ok(_))) => return,
+        Ended::Returned(_) if stopping => return,
+        Ended::Returned(_) | Ended::Deadline | Ended::Cancelled(CancelReason::Deadline) => {
+            metrics::FAILED
+        }
+        Ended::Cancelled(_) => return,
+    };
+    metrics::count(metric, name);
 }
 
 /// The error's text followed by its source chain (`outer: inner: root`), skipping a source

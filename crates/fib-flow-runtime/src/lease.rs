@@ -73,6 +73,7 @@ impl Inner {
             RetiredWorkers::default()
         };
         let reaped = self.store.reap_workers(now, self.recovery()).await?;
+        crate::metrics::recovered(superseded.recovered + reaped.recovered);
         tracing::info!(
             worker_id = %self.worker_id,
             pod_id = %registered.pod_id,
@@ -99,6 +100,7 @@ impl Inner {
             )
             .await?;
         let reaped = self.store.reap_workers(now, self.recovery()).await?;
+        crate::metrics::recovered(reaped.recovered);
         if !reaped.workers.is_empty() {
             tracing::warn!(
                 worker_id = %self.worker_id,
@@ -191,6 +193,7 @@ impl Inner {
             .collect();
         let verdicts = self.store.apply_batch(commands).await?;
         let recovered = verdicts.iter().filter(|verdict| verdict.is_ok()).count();
+        crate::metrics::recovered(recovered as u64);
         tracing::warn!(
             worker_id = %self.worker_id,
             attempts = ?lost,
@@ -258,6 +261,7 @@ impl Inner {
         {
             Ok(0) => {}
             Ok(recovered) => {
+                crate::metrics::recovered(recovered);
                 tracing::warn!(worker_id = %self.worker_id, recovered, "recovered tasks this worker owned but was not running, at stop");
             }
             Err(error) => {

@@ -22,6 +22,7 @@ mod error;
 mod execution;
 mod lease;
 mod maintenance;
+pub mod metrics;
 mod registry;
 mod retry;
 mod writer;

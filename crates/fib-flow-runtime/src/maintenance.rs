@@ -37,7 +37,20 @@ impl Inner {
         };
         self.sweep(&mut report).await?;
         report.retention = self.automatic_retention().await?;
+        self.sample_queue_depth().await?;
         Ok(report)
+    }
+
+    /// Sets the queue-depth gauge of every name pending in the store and every name
+    /// registered here.
+    async fn sample_queue_depth(&self) -> Result<(), RuntimeError> {
+        let pending = self
+            .store
+            .task_stats(None, Some(fib_flow_domain::TaskStatus::Pending))
+            .await?;
+        let registered = self.registry.names();
+        crate::metrics::queue_depth(&pending, registered.iter().map(String::as_str));
+        Ok(())
     }
 
     /// Refreshes `last_active_time` of every attempt running here.

@@ -103,6 +103,16 @@ impl Registry {
             .cloned()
     }
 
+    /// Every registered name.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// The running counter of `name`, created on first use.
     pub(crate) fn counter(&self, name: &str) -> Arc<AtomicUsize> {
         self.running
