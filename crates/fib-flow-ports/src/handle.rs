@@ -73,7 +73,10 @@ pub trait TaskHandler: Send + Sync {
 /// `enqueue_job(job, options)`; a stored payload that does not deserialize into `J` fails the
 /// task permanently (no retry can fix it), naming the type.
 ///
-/// ```ignore
+/// ```
+/// use fib_flow_ports::{HandlerError, Job, TaskHandle};
+/// use serde::{Deserialize, Serialize};
+///
 /// #[derive(Serialize, Deserialize)]
 /// struct Welcome { email: String }
 ///
