@@ -158,8 +158,6 @@ pub(crate) struct Inner {
     background: Mutex<Background>,
     /// When automatic retention runs next; `None` until the first tick schedules it.
     pub(crate) retention_due: Mutex<Option<DateTime<Utc>>>,
-    /// Seeds the jitter generator.
-    jitter_state: AtomicUsize,
     /// Batches execution outcomes into shared transactions; started by the first outcome, so
     /// that building an engine needs no runtime.
     writer: OnceLock<OutcomeWriter>,
@@ -245,7 +243,6 @@ impl Engine {
                 background_shutdown,
                 background: Mutex::new(Background::default()),
                 retention_due: Mutex::new(None),
-                jitter_state: AtomicUsize::new(0),
                 writer: OnceLock::new(),
                 leased: watch::Sender::new(false),
                 started_at: OnceLock::new(),
@@ -949,13 +946,10 @@ impl Inner {
         }
     }
 
-    /// A number in `[0, 1)` for retry jitter: the top 53 bits of a v4 uuid mixed with a
-    /// counter, so two failures in the same instant still differ. No extra dependency.
+    /// A number in `[0, 1)` for retry jitter, from fastrand's thread-local generator (seeded
+    /// per thread from the OS), so two failures in the same instant still differ.
     pub(crate) fn jitter(&self) -> f64 {
-        let salt = self.jitter_state.fetch_add(1, Ordering::Relaxed) as u128;
-        let bits =
-            (uuid::Uuid::new_v4().as_u128() ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 75;
-        bits as f64 / (1u64 << 53) as f64
+        fastrand::f64()
     }
 
     /// The outcome writer, started on first use.
