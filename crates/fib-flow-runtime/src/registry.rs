@@ -132,7 +132,8 @@ impl Registry {
         served: Option<&[String]>,
         queue_limits: &BTreeMap<String, usize>,
     ) -> (Vec<ClaimName>, Vec<QueueCap>) {
-        let registered: Vec<(String, String, Option<usize>)> = self
+        // (name, queue, per-name limit, running now): each counter is read once per round.
+        let registered: Vec<(String, String, Option<usize>, usize)> = self
             .entries
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -145,47 +146,47 @@ impl Registry {
                     name.clone(),
                     entry.options.queue_name().to_owned(),
                     entry.options.max_concurrent_tasks,
+                    self.counter(name).load(Ordering::SeqCst),
                 )
             })
             .collect();
         let mut queue_running: BTreeMap<&str, usize> = BTreeMap::new();
-        for (name, queue, _) in &registered {
-            *queue_running.entry(queue.as_str()).or_default() +=
-                self.counter(name).load(Ordering::SeqCst);
+        for (_, queue, _, running) in &registered {
+            *queue_running.entry(queue.as_str()).or_default() += running;
         }
-        let caps: Vec<QueueCap> = queue_running
-            .iter()
+        let queue_free: BTreeMap<String, usize> = queue_running
+            .into_iter()
             .filter_map(|(queue, running)| {
-                let limit = queue_limits.get(*queue)?;
-                Some(QueueCap {
-                    queue: (*queue).to_owned(),
-                    max: u32::try_from(limit.saturating_sub(*running)).unwrap_or(u32::MAX),
-                })
+                let limit = queue_limits.get(queue)?;
+                Some((queue.to_owned(), limit.saturating_sub(running)))
             })
             .collect();
-        let full = |queue: &str| caps.iter().any(|cap| cap.queue == queue && cap.max == 0);
         let mut names: Vec<ClaimName> = registered
             .into_iter()
-            .filter(|(_, queue, _)| !full(queue))
-            .filter_map(|(name, queue, limit)| match limit {
-                None => Some(ClaimName {
-                    name,
-                    max: None,
-                    queue,
-                }),
-                Some(limit) => {
-                    let running = self.counter(&name).load(Ordering::SeqCst);
-                    let free = limit.saturating_sub(running);
-                    (free > 0).then(|| ClaimName {
-                        name,
-                        max: Some(u32::try_from(free).unwrap_or(u32::MAX)),
-                        queue,
-                    })
-                }
+            .filter(|(_, queue, _, _)| queue_free.get(queue) != Some(&0))
+            .filter_map(|(name, queue, limit, running)| {
+                let max = match limit {
+                    None => None,
+                    Some(limit) => {
+                        let free = limit.saturating_sub(running);
+                        if free == 0 {
+                            return None;
+                        }
+                        Some(u32::try_from(free).unwrap_or(u32::MAX))
+                    }
+                };
+                Some(ClaimName { name, max, queue })
             })
             .collect();
         names.sort_by(|a, b| a.name.cmp(&b.name));
-        let caps = caps.into_iter().filter(|cap| cap.max > 0).collect();
+        let caps = queue_free
+            .into_iter()
+            .filter(|(_, free)| *free > 0)
+            .map(|(queue, free)| QueueCap {
+                queue,
+                max: u32::try_from(free).unwrap_or(u32::MAX),
+            })
+            .collect();
         (names, caps)
     }
 }
