@@ -46,12 +46,12 @@ struct ReadmeSnippets;
 /// What a service that runs tasks usually needs: `use fib_flow::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Error, HandlerError, HandlerOptions, Job, ManagerOptions, Outcome, TaskHandle, TaskId,
-        TaskManager, TaskOptions, TaskStatus, Value, json, permanent,
+        Error, ErrorKind, HandlerError, HandlerOptions, Job, ManagerOptions, Outcome, TaskHandle,
+        TaskId, TaskManager, TaskOptions, TaskStatus, Value, json, permanent,
     };
 }
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use fib_flow_diesel::CallerConnection;
 pub use manager::TaskManager;
 
