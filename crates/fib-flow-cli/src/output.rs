@@ -21,9 +21,9 @@ pub struct Output {
 impl Output {
     /// Prints `value` as pretty JSON on stdout.
     pub fn json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), CliError> {
-        let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut stdout, value)?;
-        writeln!(stdout)?;
+        // Serialised first, so that a closed pipe surfaces as the I/O error it is.
+        let text = serde_json::to_string_pretty(value)?;
+        writeln!(std::io::stdout().lock(), "{text}")?;
         Ok(())
     }
 
@@ -82,6 +82,17 @@ pub fn time(instant: DateTime<Utc>) -> String {
 /// An optional instant in tables (`-` when absent).
 pub fn opt_time(instant: Option<DateTime<Utc>>) -> String {
     instant.map_or_else(|| "-".to_owned(), time)
+}
+
+/// An instant in audit tables (attempts, events, stages): UTC to the millisecond, since
+/// steps of one run are often less than a second apart.
+pub fn time_ms(instant: DateTime<Utc>) -> String {
+    instant.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
+/// An optional instant in audit tables (`-` when absent).
+pub fn opt_time_ms(instant: Option<DateTime<Utc>>) -> String {
+    instant.map_or_else(|| "-".to_owned(), time_ms)
 }
 
 /// An instant in detail views: UTC to the millisecond, as stored.

@@ -74,7 +74,7 @@ pub async fn run(
         return out.json(&RetentionRun { policy, report });
     }
     out.text(&format!(
-        "deleted {} task(s), {} event(s), {} attempt(s) inactive for more than {} (statuses: {})",
+        "deleted {} task(s) with {} event(s) and {} attempt(s): workflows inactive for more than {} in statuses {}",
         report.tasks_deleted,
         report.events_deleted,
         report.attempts_deleted,

@@ -389,8 +389,8 @@ pub fn attempt_table(attempts: &[TaskAttempt], with_task: bool) -> Table {
     for attempt in attempts {
         let mut row = vec![
             attempt.attempt.to_string(),
-            output::time(attempt.started_at),
-            output::opt_time(attempt.ended_at),
+            output::time_ms(attempt.started_at),
+            output::opt_time_ms(attempt.ended_at),
             output::seconds(output::elapsed(attempt.started_at, attempt.ended_at)),
             match (attempt.outcome, attempt.timeout_flag) {
                 (Some(outcome), true) => format!("{outcome} (timed out)"),
@@ -429,7 +429,7 @@ pub fn event_table(events: &[TaskEvent], with_task: bool) -> Table {
         };
         let mut row = vec![
             event.id.to_string(),
-            output::time(event.event_time),
+            output::time_ms(event.event_time),
             event.event_type.clone(),
             status,
             output::or_dash(event.attempt),
@@ -522,11 +522,17 @@ async fn act(
                 let exit = error.exit();
                 failed += 1;
                 first_failure.get_or_insert(exit);
-                eprintln!("fib-flow: task {id}: {error}");
+                let message = error.to_string();
+                // The library's messages usually name the task already.
+                if message.starts_with(&format!("task {id}")) {
+                    eprintln!("fib-flow: {message}");
+                } else {
+                    eprintln!("fib-flow: task {id}: {message}");
+                }
                 results.push(ActionResult {
                     id,
                     task: None,
-                    error: Some(error.to_string()),
+                    error: Some(message),
                     exit_code: Some(exit as u8),
                 });
                 if exit == Exit::Unreachable {

@@ -154,9 +154,9 @@ fn header(root: &Task, summary: &WorkflowSummary) -> String {
         ),
         format!(
             "created {} · first start {} · last end {}",
-            output::opt_time(timing.created_at),
-            output::opt_time(timing.first_started_at),
-            output::opt_time(timing.last_ended_at)
+            output::opt_time_ms(timing.created_at),
+            output::opt_time_ms(timing.first_started_at),
+            output::opt_time_ms(timing.last_ended_at)
         ),
         format!("statuses: {}", counts(&summary.statuses)),
     ];
@@ -275,8 +275,8 @@ fn stage_table(summary: &WorkflowSummary) -> comfy_table::Table {
         table.add_row([
             stage.stage.to_string(),
             stage.attempt.to_string(),
-            output::time(stage.started_at),
-            output::opt_time(stage.ended_at),
+            output::time_ms(stage.started_at),
+            output::opt_time_ms(stage.ended_at),
             output::seconds(stage.duration_seconds),
             output::or_dash(stage.outcome),
             output::or_dash(stage.worker_id.as_deref()),
@@ -298,7 +298,7 @@ fn critical_path_table(summary: &WorkflowSummary) -> comfy_table::Table {
             output::or_dash(node.attempt),
             output::or_dash(node.outcome),
             output::seconds(node.duration_seconds),
-            output::opt_time(node.started_at),
+            output::opt_time_ms(node.started_at),
         ]);
     }
     table
