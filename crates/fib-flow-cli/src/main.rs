@@ -25,6 +25,9 @@ use clap::{Parser, Subcommand};
 use crate::error::{CliError, Exit};
 use crate::output::Output;
 
+/// Where `--url` and `--json` appear in every subcommand's help: after its own options.
+const GLOBAL_OPTIONS_LAST: usize = 1000;
+
 #[derive(Parser)]
 #[command(
     name = "fib-flow",
@@ -34,10 +37,16 @@ use crate::output::Output;
 )]
 struct Cli {
     /// Database URL: sqlite:PATH, postgres://…, mysql://…
-    #[arg(long, global = true, env = database::URL_ENV, hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = database::URL_ENV,
+        hide_env_values = true,
+        display_order = GLOBAL_OPTIONS_LAST
+    )]
     url: Option<String>,
     /// Print JSON for scripts instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = GLOBAL_OPTIONS_LAST)]
     json: bool,
     #[command(subcommand)]
     command: CliCommand,

@@ -687,3 +687,23 @@ fn help_lists_every_command_and_the_exit_codes() {
     }
     assert!(run.stdout.contains("5 database unreachable"), "{run:?}");
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_is_not_a_failure() {
+    let Some((db, _seeded)) = TestDb::seeded(Backend::Sqlite, "closed_pipe") else {
+        return;
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fib-flow"))
+        .args(["tasks", "list", "--json"])
+        .env("FIB_FLOW_DATABASE_URL", &db.url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the fib-flow binary");
+    // Like `fib-flow tasks list --json | head -0`: the reader is gone before the output.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait for fib-flow");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(output.stderr.is_empty(), "{output:?}");
+}
