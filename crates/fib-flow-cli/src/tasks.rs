@@ -163,8 +163,8 @@ async fn list(manager: &TaskManager, args: ListArgs, out: Output) -> Result<(), 
     out.text(&page_footer(&page, "tasks"))
 }
 
-/// The task listing shared by `tasks list` and `workflow show`.
-pub fn task_table(tasks: &[Task]) -> Table {
+/// The listing of `tasks list`: one line per task, the error cut to fit.
+fn task_table(tasks: &[Task]) -> Table {
     let mut table = output::table(&[
         "id", "name", "type", "status", "tag", "prio", "attempt", "stage", "parent", "created",
         "next run", "error",

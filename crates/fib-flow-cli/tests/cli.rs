@@ -707,3 +707,29 @@ fn a_reader_that_closes_the_pipe_early_is_not_a_failure() {
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert!(output.stderr.is_empty(), "{output:?}");
 }
+
+#[test]
+fn bench_still_runs_next_to_the_operator_commands() {
+    let run = run_with_url(
+        None,
+        &[
+            "bench",
+            "--backends",
+            "sqlite-file",
+            "--tasks",
+            "20",
+            "--depth-tasks",
+            "0",
+            "--single-enqueues",
+            "5",
+            "--latency-samples",
+            "3",
+            "--concurrency",
+            "2",
+            "--rounds",
+            "1",
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("| drain c=2 |"), "{run:?}");
+}
