@@ -7,9 +7,8 @@ use std::process::{Command, Stdio};
 const PACKAGES: [&str; 2] = ["chromium", "chromium-driver"];
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 fn succeeds(command: &mut Command) -> bool {

@@ -12,10 +12,10 @@ use fib_flow::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::AppState;
 use crate::data::{self, Action, Overview, TaskFilter, Workflow};
 use crate::error::WebError;
 use crate::security::ActionCredentials;
-use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -45,7 +45,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self.0, "dashboard API request failed");
         }
-        (status, Json(serde_json::json!({ "error": self.0.to_string() }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": self.0.to_string() })),
+        )
+            .into_response()
     }
 }
 

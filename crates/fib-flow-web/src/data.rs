@@ -70,8 +70,10 @@ pub struct ThroughputBucket {
 pub(crate) async fn overview(manager: &TaskManager) -> Result<Overview, WebError> {
     let now = manager.engine().clock().now();
     let stats = manager.task_stats_by_tag(None, None).await?;
-    let mut by_status: BTreeMap<TaskStatus, u64> =
-        TaskStatus::ALL.into_iter().map(|status| (status, 0)).collect();
+    let mut by_status: BTreeMap<TaskStatus, u64> = TaskStatus::ALL
+        .into_iter()
+        .map(|status| (status, 0))
+        .collect();
     let mut names: BTreeMap<String, BTreeMap<TaskStatus, u64>> = BTreeMap::new();
     for stat in stats {
         *by_status.entry(stat.status).or_default() += stat.count;
@@ -132,7 +134,9 @@ pub(crate) async fn count_events(
         started_before: Some(end),
         ..EventQuery::default()
     };
-    let bounds = PageRequest::limit(1).bounds().map_err(fib_flow::Error::from)?;
+    let bounds = PageRequest::limit(1)
+        .bounds()
+        .map_err(fib_flow::Error::from)?;
     let page = manager
         .store()
         .query_events(query, bounds)
@@ -172,12 +176,12 @@ pub struct TaskFilter {
 pub(crate) const DEFAULT_TASK_PAGE: u32 = 50;
 
 impl TaskFilter {
-    fn field<'a>(value: &'a Option<String>) -> Option<&'a str> {
+    fn field(value: &Option<String>) -> Option<&str> {
         value.as_deref().map(str::trim).filter(|v| !v.is_empty())
     }
 
     /// The field's value when given (for re-filling the form).
-    pub(crate) fn value<'a>(value: &'a Option<String>) -> &'a str {
+    pub(crate) fn value(value: &Option<String>) -> &str {
         Self::field(value).unwrap_or_default()
     }
 
@@ -217,10 +221,7 @@ impl TaskFilter {
                 });
             }
         };
-        Ok((
-            query,
-            PageRequest::limit(limit).offset(offset).order(order),
-        ))
+        Ok((query, PageRequest::limit(limit).offset(offset).order(order)))
     }
 }
 
@@ -301,7 +302,8 @@ pub(crate) enum Action {
 }
 
 impl Action {
-    pub(crate) const ALL: [Action; 4] = [Action::Retry, Action::Cancel, Action::Pause, Action::Resume];
+    pub(crate) const ALL: [Action; 4] =
+        [Action::Retry, Action::Cancel, Action::Pause, Action::Resume];
 
     pub(crate) fn parse(value: &str) -> Result<Action, WebError> {
         Action::ALL

@@ -114,7 +114,10 @@ async fn database_metrics(manager: &TaskManager) -> Result<String, WebError> {
         TASKS,
         "Tasks per name and status, read from the database at scrape time.",
         by_name_status.iter().map(|((name, status), count)| {
-            (vec![("name", name.as_str()), ("status", *status)], *count as f64)
+            (
+                vec![("name", name.as_str()), ("status", *status)],
+                *count as f64,
+            )
         }),
     );
 

@@ -3,22 +3,22 @@
 
 use std::collections::BTreeMap;
 
+use axum::Router;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use fib_flow::{Page, Task, TaskId, TaskStatus, Worker};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
+use crate::AppState;
 use crate::api::parse_task_id;
 use crate::data::{self, Action, Overview, TaskFilter, Workflow};
 use crate::error::WebError;
 use crate::security::ActionCredentials;
-use crate::AppState;
 
 const STYLE: &str = include_str!("../assets/style.css");
 const SCRIPT: &str = include_str!("../assets/app.js");
@@ -62,7 +62,10 @@ fn page(status: StatusCode, markup: Markup) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     response
 }
 
@@ -296,14 +299,12 @@ async fn tasks(
     State(state): State<AppState>,
     filter: Result<Query<TaskFilter>, QueryRejection>,
 ) -> PageResult {
-    let filter = filter
-        .map(|Query(filter)| filter)
-        .map_err(|rejection| {
-            state.fail(WebError::BadParameter {
-                field: "query",
-                reason: rejection.body_text(),
-            })
-        })?;
+    let filter = filter.map(|Query(filter)| filter).map_err(|rejection| {
+        state.fail(WebError::BadParameter {
+            field: "query",
+            reason: rejection.body_text(),
+        })
+    })?;
     let page_of_tasks = data::tasks(&state.manager, &filter)
         .await
         .map_err(|e| state.fail(e))?;
@@ -522,6 +523,9 @@ async fn task(
                         @if let Some(attempt) = event.attempt { " " span.muted { "attempt " (attempt) } }
                         @if let Some(worker) = &event.worker_id { " " span.muted { "by " (worker) } }
                         @if let Some(message) = &event.message { div.message { (message) } }
+                        @if event.metadata.as_object().is_some_and(|fields| !fields.is_empty()) {
+                            div.metadata { code { (event.metadata.to_string()) } }
+                        }
                     }
                 }
             }
@@ -799,4 +803,3 @@ fn critical_path(workflow: &Workflow) -> Markup {
         }
     }
 }
-

@@ -125,7 +125,9 @@ fn check_same_origin(headers: &HeaderMap) -> Result<(), WebError> {
         .map(|(_, authority)| authority);
     match (origin_authority, host) {
         (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(host) => Ok(()),
-        _ => Err(WebError::Forbidden("the request's Origin is not this dashboard")),
+        _ => Err(WebError::Forbidden(
+            "the request's Origin is not this dashboard",
+        )),
     }
 }
 

@@ -10,10 +10,8 @@ use crate::error::WebError;
 use crate::{WebOptions, router};
 
 /// Where the dashboard listens unless told otherwise: loopback only.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
-    8080,
-);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 
 /// The env variable `--token` falls back to.
 pub const TOKEN_ENV: &str = "FIB_FLOW_DASHBOARD_TOKEN";

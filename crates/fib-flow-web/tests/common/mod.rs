@@ -26,38 +26,52 @@ pub struct Fixture {
 /// Builds the fixture on a private in-memory SQLite database: runs every due task once on a
 /// worker, then stops it, so nothing changes behind a test's back.
 pub async fn fixture() -> Fixture {
-    let (manager, _clock) = fib_flow::testing::manager()
+    let (manager, clock) = fib_flow::testing::manager()
         .await
         .expect("in-memory manager");
+    // Handlers move the manual clock on, so that attempts have durations to show.
+    let spend = move |millis: u64| clock.advance(std::time::Duration::from_millis(millis));
+    let spend_charging = spend.clone();
+    let spend_reporting = spend.clone();
+    let spend_rendering = spend;
     manager
         .register("send_email", |task: TaskHandle| async move {
             Ok::<Outcome, HandlerError>(json!({ "sent_to": task.payload()["to"] }).into())
         })
         .expect("register send_email");
     manager
-        .register("charge_card", |_task: TaskHandle| async move {
-            Err::<Outcome, HandlerError>(permanent("card declined: insufficient funds"))
+        .register("charge_card", move |_task: TaskHandle| {
+            spend_charging(250);
+            async move {
+                Err::<Outcome, HandlerError>(permanent("card declined: insufficient funds"))
+            }
         })
         .expect("register charge_card");
     manager
-        .register("build_report", |task: TaskHandle| async move {
-            if task.stage() == 0 {
-                let pages = (1..=2)
-                    .map(|page| ChildSpec {
-                        name: "render_page".into(),
-                        payload: json!({ "page": page }),
-                        ..ChildSpec::default()
-                    })
-                    .collect();
-                Ok::<Outcome, HandlerError>(task.next(pages).into())
-            } else {
-                Ok(json!({ "pages": task.child_results().len() }).into())
+        .register("build_report", move |task: TaskHandle| {
+            spend_reporting(500);
+            async move {
+                if task.stage() == 0 {
+                    let pages = (1..=2)
+                        .map(|page| ChildSpec {
+                            name: "render_page".into(),
+                            payload: json!({ "page": page }),
+                            ..ChildSpec::default()
+                        })
+                        .collect();
+                    Ok::<Outcome, HandlerError>(task.next(pages).into())
+                } else {
+                    Ok(json!({ "pages": task.child_results().len() }).into())
+                }
             }
         })
         .expect("register build_report");
     manager
-        .register("render_page", |task: TaskHandle| async move {
-            Ok::<Outcome, HandlerError>(json!({ "rendered": task.payload()["page"] }).into())
+        .register("render_page", move |task: TaskHandle| {
+            spend_rendering(1500);
+            async move {
+                Ok::<Outcome, HandlerError>(json!({ "rendered": task.payload()["page"] }).into())
+            }
         })
         .expect("register render_page");
     manager
@@ -83,7 +97,11 @@ pub async fn fixture() -> Fixture {
         .await
         .expect("enqueue charge_card");
     let workflow = manager
-        .enqueue("build_report", json!({ "month": "2026-11" }), TaskOptions::default())
+        .enqueue(
+            "build_report",
+            json!({ "month": "2026-11" }),
+            TaskOptions::default(),
+        )
         .await
         .expect("enqueue build_report");
     let hostile = manager
