@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use fib_flow::{AttemptQuery, EventType, Order, PageRequest, TaskManager, WorkerQuery};
@@ -56,7 +56,9 @@ const COUNTED_EVENTS: [EventType; 6] = [
 const LATENCY_SAMPLE: u32 = 1000;
 const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 1.0];
 
-static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The handle of the recorder this crate installed; the lock also keeps two first calls from
+/// racing to install.
+static RECORDER: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
 /// Installs metrics-exporter-prometheus's recorder as this process's `metrics` recorder (no
 /// HTTP listener: the dashboard's `/metrics` renders it), so that the engine's counters and
@@ -64,14 +66,16 @@ static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 /// calls return the same handle. Fails when the application installed another recorder first;
 /// pass that recorder's handle in [`crate::WebOptions::prometheus`] instead, if it is one.
 pub fn install_prometheus_recorder() -> Result<PrometheusHandle, WebError> {
-    if let Some(handle) = RECORDER.get() {
+    let mut installed = RECORDER.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|error| WebError::MetricsRecorder(error.to_string()))?;
-    Ok(RECORDER.get_or_init(|| handle).clone())
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
 /// The whole `/metrics` body.

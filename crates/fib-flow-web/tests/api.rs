@@ -953,3 +953,92 @@ async fn metrics_serve_database_figures_and_the_engine_recorder_once_each() {
 fn app_without_recorder(fixture: &Fixture) -> Router {
     router(fixture.manager.clone(), WebOptions::default())
 }
+
+// --- serving a database URL ---------------------------------------------------------------
+
+/// One HTTP/1.1 GET over a fresh connection; the raw response.
+async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the dashboard");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the response");
+    response
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serving_a_database_url_starts_no_worker_and_answers_over_http() {
+    let path =
+        std::env::temp_dir().join(format!("fib-flow-web-{}.db", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite:{}", path.display());
+    let writer = fib_flow::TaskManager::new(fib_flow::ManagerOptions::new(url.clone()))
+        .await
+        .expect("manager on the file");
+    writer.setup().await.expect("migrate");
+    writer
+        .register("send_email", |_task: fib_flow::TaskHandle| async move {
+            Ok::<fib_flow::Outcome, fib_flow::HandlerError>(().into())
+        })
+        .expect("register");
+    let id = writer
+        .enqueue(
+            "send_email",
+            serde_json::json!({}),
+            fib_flow::TaskOptions::default(),
+        )
+        .await
+        .expect("enqueue");
+
+    let dashboard = fib_flow_web::Dashboard::bind(ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        ..ServeOptions::new(ManagerSource::Url(url))
+    })
+    .await
+    .expect("the dashboard opens the URL");
+    let address = dashboard.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(dashboard.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let workers = http_get(address, "/api/v1/workers").await;
+    assert!(workers.starts_with("HTTP/1.1 200"), "{workers}");
+    assert!(workers.ends_with("[]"), "no worker row: {workers}");
+    let task = http_get(address, &format!("/api/v1/tasks/{id}")).await;
+    assert!(task.contains("\"status\":\"pending\""), "{task}");
+    let metrics = http_get(address, "/metrics").await;
+    assert!(
+        metrics.contains("fib_flow_queue_depth{name=\"send_email\"} 1"),
+        "{metrics}"
+    );
+
+    let _ = stop.send(());
+    server
+        .await
+        .expect("server task")
+        .expect("the server stops cleanly");
+    assert_eq!(
+        writer
+            .workers(fib_flow::WorkerQuery::default())
+            .await
+            .expect("workers")
+            .len(),
+        0,
+        "the dashboard registered no worker"
+    );
+    writer.engine().close().await.expect("close");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
