@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod browser;
+
 /// Default server of the PostgreSQL conformance run (overridable with `FIB_FLOW_POSTGRES_URL`).
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// Default server of the MySQL/MariaDB conformance run (overridable with `FIB_FLOW_MYSQL_URL`).
@@ -234,6 +236,7 @@ fn test(under_load: bool) -> Result<(), String> {
             }
         }
     }
+    browser::ensure_packages(ci)?;
     println!("==> backends under test: {}", ran.join(", "));
     for skip in &skipped {
         println!("==> SKIPPED backend {skip}");

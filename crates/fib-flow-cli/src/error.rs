@@ -61,6 +61,9 @@ pub enum CliError {
     /// An error of the fib-flow library.
     #[error(transparent)]
     Library(#[from] fib_flow::Error),
+    /// The dashboard could not start or stopped with an error.
+    #[error(transparent)]
+    Dashboard(#[from] fib_flow_web::WebError),
     /// Writing the output or reading the confirmation failed.
     #[error("terminal: {0}")]
     Io(#[from] std::io::Error),
@@ -79,6 +82,11 @@ impl CliError {
             CliError::Partial { exit, .. } => *exit,
             CliError::Aborted | CliError::Io(_) | CliError::Json(_) => Exit::Failure,
             CliError::Library(error) => library_exit(error),
+            CliError::Dashboard(fib_flow_web::WebError::Manager(error)) => library_exit(error),
+            CliError::Dashboard(
+                fib_flow_web::WebError::TokenRequired { .. } | fib_flow_web::WebError::EmptyToken,
+            ) => Exit::Usage,
+            CliError::Dashboard(_) => Exit::Failure,
         }
     }
 }

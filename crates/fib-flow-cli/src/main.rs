@@ -58,6 +58,9 @@ enum CliCommand {
     Operate(OperatorCommand),
     /// Apply pending migrations to the database (idempotent; creates a SQLite file).
     Migrate,
+    /// Run the web dashboard, its JSON API and /metrics (docs/operations.md) until SIGTERM or
+    /// ctrl-c.
+    Serve(fib_flow_web::ServeArgs),
     /// Measure enqueue rate, drain throughput and pickup latency per backend (ignores --url).
     Bench(bench::BenchArgs),
 }
@@ -123,6 +126,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         CliCommand::Bench(args) => Ok(bench::run(args).await?),
         CliCommand::Migrate => migrate(database::require_url(url)?, out).await,
+        CliCommand::Serve(args) => serve(database::require_url(url)?, args).await,
         CliCommand::Operate(command) => operate(database::require_url(url)?, command, out).await,
     }
 }
@@ -139,6 +143,18 @@ async fn operate(url: &str, command: OperatorCommand, out: Output) -> Result<(),
     };
     let closed = database::close(manager).await;
     result.and(closed)
+}
+
+/// Serves the dashboard over a manager that is never started, on an existing database.
+async fn serve(url: &str, args: fib_flow_web::ServeArgs) -> Result<(), CliError> {
+    let manager = database::open(fib_flow::ManagerOptions::new(url)).await?;
+    let served = fib_flow_web::serve(
+        args.into_options(fib_flow_web::ManagerSource::Manager(manager.clone())),
+    )
+    .await;
+    let closed = database::close(manager).await;
+    served?;
+    closed
 }
 
 /// The JSON output of `migrate`.

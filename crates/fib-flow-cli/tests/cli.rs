@@ -681,6 +681,7 @@ fn help_lists_every_command_and_the_exit_codes() {
         "stats",
         "retention",
         "migrate",
+        "serve",
         "bench",
     ] {
         assert!(run.stdout.contains(command), "no {command} in {run:?}");
@@ -732,4 +733,85 @@ fn bench_still_runs_next_to_the_operator_commands() {
     );
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stdout.contains("| drain c=2 |"), "{run:?}");
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_a_token() {
+    let Some(db) = TestDb::create(Backend::Sqlite, "serve_no_token") else {
+        return;
+    };
+    db.ok(&["migrate"]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fib-flow"));
+    let output = command
+        .args(["serve", "--listen", "0.0.0.0:0", "--url", &db.url])
+        .env_remove("FIB_FLOW_DASHBOARD_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the fib-flow binary");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("without a token"),
+        "{output:?}"
+    );
+}
+
+/// One HTTP/1.1 GET on loopback; `None` while nothing listens yet.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_answers_the_api_and_metrics_then_stops_on_sigterm() {
+    let Some((db, seeded)) = TestDb::seeded(Backend::Sqlite, "serve") else {
+        return;
+    };
+    // A free port: bind port 0, read it, release it for the dashboard.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fib-flow"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--url",
+            &db.url,
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("run the fib-flow binary");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let task = loop {
+        if let Some(response) = http_get(port, &format!("/api/v1/tasks/{}", seeded.declined)) {
+            break response;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard did not answer within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(task.starts_with("HTTP/1.1 200"), "{task}");
+    assert!(task.contains("permanently_failed"), "{task}");
+    let metrics = http_get(port, "/metrics").expect("metrics");
+    assert!(metrics.contains("fib_flow_tasks{"), "{metrics}");
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    let exit = child.wait().expect("wait for fib-flow serve");
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
 }
