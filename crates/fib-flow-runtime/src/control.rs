@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::error::RuntimeError;
 
 /// The reason suspended parents carry while their children run.
-pub(crate) const AWAITING_SUBTASKS: &str = "awaiting_subtasks";
+const AWAITING_SUBTASKS: &str = "awaiting_subtasks";
 
 impl Engine {
     /// Pauses one task (`pending`, `running`, `failed`, `timeout`). A running attempt in this

@@ -19,13 +19,13 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use fib_flow_ports::PortError;
 
 /// First back-off of a call after a transient fault.
-pub(crate) const CALL_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const CALL_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest back-off between two tries of a call.
-pub(crate) const CALL_MAX_BACKOFF: Duration = Duration::from_secs(2);
+const CALL_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// First back-off of a loop after a fault, when its own interval is longer.
-pub(crate) const LOOP_FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const LOOP_FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest back-off of a loop.
-pub(crate) const LOOP_MAX_BACKOFF: Duration = Duration::from_secs(30);
+const LOOP_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Delays doubling from `first` up to `max`, without jitter and without end.
 fn doubling(first: Duration, max: Duration) -> ExponentialBuilder {

@@ -22,7 +22,11 @@ async fn an_exponential_policy_doubles_the_delay_until_the_attempts_run_out() {
         .unwrap();
     let policy = RetryPolicy::exponential(3, Duration::from_secs(10));
     let id = manager
-        .enqueue("always_fails", json!({}), TaskOptions::default().retry(policy))
+        .enqueue(
+            "always_fails",
+            json!({}),
+            TaskOptions::default().retry(policy),
+        )
         .await
         .unwrap();
     let stored = manager.get_task(id).await.unwrap().unwrap();
@@ -40,7 +44,10 @@ async fn an_exponential_policy_doubles_the_delay_until_the_attempts_run_out() {
 
     testing::advance(&manager, &clock, wait).await.unwrap();
     let second = manager.get_task(id).await.unwrap().unwrap();
-    assert_eq!((second.status, second.retry_count), (TaskStatus::Pending, 2));
+    assert_eq!(
+        (second.status, second.retry_count),
+        (TaskStatus::Pending, 2)
+    );
     let wait = due_in(&second, clock.now());
     assert!(
         (Duration::from_secs(10)..=Duration::from_secs(20)).contains(&wait),
