@@ -2,7 +2,7 @@
 //!
 //! Owns: the task model and its statuses, the task state machine (a pure function from a task
 //! snapshot, a command and the current instant to a new snapshot plus the attempt and audit rows
-//! the transition produces), option resolution and validation, query filter shapes, handler
+//! the transition produces), option resolution and validation, the task retry policy, query filter shapes, handler
 //! audit/progress validation, cron schedules and the size limits every backend shares.
 //!
 //! Must not: perform I/O, depend on an async runtime, a database crate, or any other fib-flow
@@ -18,6 +18,7 @@ pub mod model;
 pub mod options;
 pub mod progress;
 pub mod query;
+pub mod retry;
 pub mod schedule;
 pub mod serde_units;
 pub mod time;
@@ -36,4 +37,5 @@ pub use model::{
 pub use options::{
     HandlerOptions, ManagerOptions, RetentionConfig, RetentionPolicy, TaskDefaults, TaskOptions,
 };
+pub use retry::RetryPolicy;
 pub use worker::{Worker, WorkerQuery, WorkerStatus};

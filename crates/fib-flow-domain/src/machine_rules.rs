@@ -15,18 +15,11 @@ use crate::error::DomainError;
 use crate::event::{AttemptChange, AttemptClose, EventType, NewAttempt, NewEvent};
 use crate::limits;
 use crate::machine::{ChildSettlement, Command, ExpiryKind, Guard, ParentEffect, Transition};
-use crate::model::{AttemptOutcome, ChildFailurePolicy, RetryBackoff, Task, TaskStatus, TaskType};
+use crate::model::{AttemptOutcome, ChildFailurePolicy, Task, TaskStatus, TaskType};
 
 /// The suspension reason of a parent waiting for the children of its current round (the
 /// attempt that returned `next()`).
 const AWAITING_SUBTASKS: &str = "awaiting_subtasks";
-
-/// Upper bound of an exponential retry delay.
-const MAX_BACKOFF: Duration = Duration::from_secs(3600);
-
-/// The base of exponential back-off when `retry_interval` is zero (its default): 5 s, 10 s,
-/// 20 s, … up to [`MAX_BACKOFF`], each shortened by up to half by jitter.
-pub(crate) const DEFAULT_EXPONENTIAL_BASE: Duration = Duration::from_secs(5);
 
 /// Longest snooze a handler may ask for (a year): beyond it, an instant is more likely a
 /// unit mistake than a plan.
@@ -484,15 +477,11 @@ impl<'a> Step<'a> {
 
         let worker_id = self.task.worker_id.clone();
         let name = self.task.name.clone();
-        let retries_left = self.task.retry_count.saturating_add(1) < self.task.max_retries;
+        let policy = self.task.retry_policy();
+        let retries_left = policy.retries_after(u32::try_from(self.task.retry_count).unwrap_or(0));
         if let Some(jitter) = jitter.filter(|_| retries_left) {
             let retry_count = self.task.retry_count.saturating_add(1);
-            let delay = retry_delay(
-                self.task.retry_backoff,
-                self.task.retry_interval,
-                retry_count,
-                jitter,
-            );
+            let delay = policy.delay(u32::try_from(retry_count).unwrap_or(0), jitter);
             let task = &mut self.task;
             task.status = TaskStatus::Pending;
             task.retry_count = retry_count;
@@ -962,45 +951,6 @@ impl<'a> Step<'a> {
             );
         }
     }
-}
-
-/// The delay before retry number `retry_count` (1-based).
-///
-/// Truncated to whole milliseconds, the precision storage keeps, so the scheduled instant
-/// survives a round trip unchanged.
-pub(crate) fn retry_delay(
-    backoff: RetryBackoff,
-    interval: Duration,
-    retry_count: i32,
-    jitter: f64,
-) -> Duration {
-    let delay = match backoff {
-        RetryBackoff::Fixed => interval,
-        RetryBackoff::Exponential => {
-            let mut grown = if interval.is_zero() {
-                DEFAULT_EXPONENTIAL_BASE
-            } else {
-                interval
-            };
-            for _ in 1..retry_count.max(1) {
-                if grown >= MAX_BACKOFF {
-                    break;
-                }
-                grown = grown.saturating_mul(2);
-            }
-            let capped = grown.min(MAX_BACKOFF);
-            // Out-of-range jitter (NaN, negative, ≥ 1) is clamped rather than trusted: the
-            // factor must stay within [0.5, 1] so the delay can neither vanish nor grow.
-            let jitter = if jitter.is_finite() {
-                jitter.clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
-            let factor = 1.0 - 0.5 * jitter;
-            Duration::try_from_secs_f64(capped.as_secs_f64() * factor).unwrap_or(capped)
-        }
-    };
-    crate::time::millis_duration(crate::time::duration_millis(delay))
 }
 
 fn rfc3339(instant: DateTime<Utc>) -> String {

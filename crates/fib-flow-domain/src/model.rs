@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::DomainError;
+use crate::retry::RetryPolicy;
 use crate::serde_units;
 
 /// A task's id: the integer primary key of `fib_flow_tasks`.
@@ -389,6 +390,16 @@ impl Task {
     /// The workflow this task belongs to: its root, or itself for a root task.
     pub fn workflow_root(&self) -> TaskId {
         self.root_id.unwrap_or(self.id)
+    }
+
+    /// The retry policy stored with the task (`max_retries`, `retry_interval`,
+    /// `retry_backoff`).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: u32::try_from(self.max_retries).unwrap_or(0),
+            interval: self.retry_interval,
+            backoff: self.retry_backoff,
+        }
     }
 }
 

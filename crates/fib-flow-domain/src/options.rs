@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::DomainError;
 use crate::limits;
 use crate::model::{RetryBackoff, TaskStatus};
+use crate::retry::RetryPolicy;
 use crate::serde_units;
 
 /// Manager configuration. Deserialises from the reference's option object: intervals in
@@ -255,14 +256,18 @@ impl ManagerOptions {
         RetentionPolicy::new(expire_time, statuses).map(Some)
     }
 
+    /// The global retry policy: `max_retries` attempts, `retry_interval` apart, fixed (a
+    /// handler or a task may choose exponential back-off).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::fixed(self.max_retries, self.retry_interval)
+    }
+
     /// The global task defaults these options imply.
     pub fn task_defaults(&self) -> TaskDefaults {
         TaskDefaults {
             timeout: self.timeout,
-            max_retries: self.max_retries,
-            retry_interval: self.retry_interval,
             priority: 0,
-            retry_backoff: RetryBackoff::Fixed,
+            retry: self.retry_policy(),
         }
     }
 }
@@ -339,14 +344,10 @@ impl RetentionPolicy {
 pub struct TaskDefaults {
     /// Per-attempt time limit.
     pub timeout: Option<Duration>,
-    /// Total attempts.
-    pub max_retries: u32,
-    /// Retry delay.
-    pub retry_interval: Duration,
     /// Priority.
     pub priority: i32,
-    /// Retry growth.
-    pub retry_backoff: RetryBackoff,
+    /// Attempts and the delay before each retry.
+    pub retry: RetryPolicy,
 }
 
 /// Defaults given when a handler is registered; each overrides the global value.
@@ -375,6 +376,14 @@ pub struct HandlerOptions {
 }
 
 impl HandlerOptions {
+    /// Sets `max_retries`, `retry_interval` and `retry_backoff` from one policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.max_retries = Some(policy.max_attempts);
+        self.retry_interval = Some(policy.interval);
+        self.retry_backoff = Some(policy.backoff);
+        self
+    }
+
     /// The handler's queue.
     pub fn queue_name(&self) -> &str {
         self.queue.as_deref().unwrap_or(DEFAULT_QUEUE)
@@ -470,6 +479,13 @@ impl TaskOptions {
         self.retry_backoff = Some(retry_backoff);
         self
     }
+    /// Sets `max_retries`, `retry_interval` and `retry_backoff` from one policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.max_retries = Some(policy.max_attempts);
+        self.retry_interval = Some(policy.interval);
+        self.retry_backoff = Some(policy.backoff);
+        self
+    }
     /// Sets the cron time zone.
     pub fn timezone(mut self, timezone: impl Into<String>) -> Self {
         self.timezone = Some(timezone.into());
@@ -494,16 +510,21 @@ pub struct ResolvedOptions {
     pub priority: i32,
     /// Per-attempt limit.
     pub timeout: Option<Duration>,
-    /// Total attempts (at least 1).
-    pub max_retries: i32,
-    /// Retry delay.
-    pub retry_interval: Duration,
-    /// Retry growth.
-    pub retry_backoff: RetryBackoff,
+    /// Attempts (at least 1, at most `i32::MAX`: what a task row can store) and the delay
+    /// before each retry.
+    pub retry: RetryPolicy,
 }
 
-/// Resolves one task's options: each field from the instance, else the handler, else global.
-/// A `max_retries` of 0 means one attempt, like 1.
+impl ResolvedOptions {
+    /// `retry.max_attempts` as a task row stores it (`max_retries`).
+    pub fn stored_max_retries(&self) -> i32 {
+        i32::try_from(self.retry.max_attempts).unwrap_or(i32::MAX)
+    }
+}
+
+/// Resolves one task's options: each field from the instance, else the handler, else global;
+/// the retry policy field by field as well (a task may set only its interval). A
+/// `max_retries` of 0 means one attempt, like 1.
 pub fn resolve(
     global: &TaskDefaults,
     handler: &HandlerOptions,
@@ -514,26 +535,119 @@ pub fn resolve(
         .or(handler.timeout)
         .unwrap_or(global.timeout);
     check_timeout(timeout)?;
-    let max_retries = instance
+    let max_attempts = instance
         .max_retries
         .or(handler.max_retries)
-        .unwrap_or(global.max_retries)
+        .unwrap_or(global.retry.max_attempts)
         .max(1);
+    if i32::try_from(max_attempts).is_err() {
+        return Err(invalid(
+            "max_retries",
+            format!("must be at most {}", i32::MAX),
+        ));
+    }
     Ok(ResolvedOptions {
         priority: instance
             .priority
             .or(handler.priority)
             .unwrap_or(global.priority),
         timeout,
-        max_retries: i32::try_from(max_retries)
-            .map_err(|_| invalid("max_retries", format!("must be at most {}", i32::MAX)))?,
-        retry_interval: instance
-            .retry_interval
-            .or(handler.retry_interval)
-            .unwrap_or(global.retry_interval),
-        retry_backoff: instance
-            .retry_backoff
-            .or(handler.retry_backoff)
-            .unwrap_or(global.retry_backoff),
+        retry: RetryPolicy {
+            max_attempts,
+            interval: instance
+                .retry_interval
+                .or(handler.retry_interval)
+                .unwrap_or(global.retry.interval),
+            backoff: instance
+                .retry_backoff
+                .or(handler.retry_backoff)
+                .unwrap_or(global.retry.backoff),
+        },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_policy_resolves_field_by_field() {
+        let global = ManagerOptions {
+            max_retries: 4,
+            retry_interval: Duration::from_secs(2),
+            ..ManagerOptions::default()
+        }
+        .task_defaults();
+        assert_eq!(global.retry, RetryPolicy::fixed(4, Duration::from_secs(2)));
+        let handler = HandlerOptions::default().retry(RetryPolicy::exponential(6, Duration::ZERO));
+        let instance = TaskOptions::default().retry_interval(Duration::from_secs(9));
+        let resolved = resolve(&global, &handler, &instance).expect("valid options");
+        assert_eq!(
+            resolved.retry,
+            RetryPolicy::exponential(6, Duration::from_secs(9)),
+            "the instance's interval, the handler's attempts and back-off"
+        );
+        assert_eq!(resolved.stored_max_retries(), 6);
+        let resolved = resolve(&global, &HandlerOptions::default(), &TaskOptions::default())
+            .expect("valid options");
+        assert_eq!(
+            resolved.retry, global.retry,
+            "nothing set: the global policy"
+        );
+    }
+
+    #[test]
+    fn a_task_policy_overrides_every_retry_field() {
+        let global = ManagerOptions::default().task_defaults();
+        let handler = HandlerOptions::default().retry(RetryPolicy::exponential(6, Duration::ZERO));
+        let policy = RetryPolicy::fixed(2, Duration::from_millis(1500));
+        let resolved = resolve(&global, &handler, &TaskOptions::default().retry(policy))
+            .expect("valid options");
+        assert_eq!(resolved.retry, policy);
+    }
+
+    #[test]
+    fn zero_attempts_resolve_to_one_and_too_many_are_refused() {
+        let global = ManagerOptions::default().task_defaults();
+        let none = TaskOptions::default().max_retries(0);
+        let resolved = resolve(&global, &HandlerOptions::default(), &none).expect("valid");
+        assert_eq!(resolved.retry.max_attempts, 1);
+        let huge = TaskOptions::default().max_retries(u32::MAX);
+        let error = resolve(&global, &HandlerOptions::default(), &huge)
+            .expect_err("more attempts than a row can store");
+        assert!(matches!(
+            error,
+            DomainError::InvalidOption {
+                field: "max_retries",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn config_durations_read_numbers_in_their_units_or_strings_with_a_unit() {
+        let numeric: ManagerOptions = serde_json::from_value(serde_json::json!({
+            "db_connection": "sqlite::memory:",
+            "poll_interval": 250,
+            "retry_interval": 1.5,
+            "timeout": null,
+        }))
+        .expect("the reference's numeric form");
+        let text: ManagerOptions = serde_json::from_value(serde_json::json!({
+            "db_connection": "sqlite::memory:",
+            "poll_interval": "250ms",
+            "retry_interval": "1s 500ms",
+            "timeout": null,
+        }))
+        .expect("humantime strings");
+        assert_eq!(numeric, text);
+        assert_eq!(text.poll_interval, Duration::from_millis(250));
+        assert_eq!(text.retry_interval, Duration::from_millis(1500));
+        assert_eq!(text.timeout, None);
+        let options: TaskOptions =
+            serde_json::from_value(serde_json::json!({"delay": "5m", "timeout": 30}))
+                .expect("mixed forms");
+        assert_eq!(options.delay, Some(Duration::from_secs(300)));
+        assert_eq!(options.timeout, Some(Some(Duration::from_secs(30))));
+    }
 }

@@ -11,7 +11,7 @@ use fib_flow_domain::options::{self, TaskDefaults};
 use fib_flow_domain::time::duration_millis;
 use fib_flow_domain::{
     AttemptChange, AttemptOutcome, Command, DomainError, EventType, HandlerOptions, ManagerOptions,
-    NewTask, RetryBackoff, TaskOptions, TaskStatus, TaskType, apply,
+    NewTask, RetryBackoff, RetryPolicy, TaskOptions, TaskStatus, TaskType, apply,
 };
 use serde_json::{Value, json};
 
@@ -246,10 +246,8 @@ fn sub_millisecond_timeouts_are_refused_everywhere() {
     );
     let defaults = TaskDefaults {
         timeout: None,
-        max_retries: 1,
-        retry_interval: Duration::ZERO,
         priority: 0,
-        retry_backoff: RetryBackoff::Fixed,
+        retry: RetryPolicy::fixed(1, Duration::ZERO),
     };
     timeout_error(
         options::resolve(

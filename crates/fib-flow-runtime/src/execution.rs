@@ -13,9 +13,11 @@ use fib_flow_ports::{
 use tokio::task::JoinError;
 use tracing::Instrument;
 
-use crate::engine::{Cancel, CancelReason, Inner, Slot};
+use crate::cancel::{Cancel, CancelReason};
+use crate::engine::Inner;
 use crate::metrics;
-use crate::retry::retry_transient;
+use crate::slot::Slot;
+use crate::store_faults::retry_transient;
 
 /// Message of a failure written when the local deadline cancels a handler.
 pub(crate) const TIMEOUT_MESSAGE: &str = "Task execution timeout";
@@ -316,9 +318,9 @@ impl Inner {
                     tag: spec.tag.clone(),
                     next_run_time: time::add(now, spec.delay.unwrap_or_default()),
                     timeout: resolved.timeout,
-                    max_retries: resolved.max_retries,
-                    retry_interval: resolved.retry_interval,
-                    retry_backoff: resolved.retry_backoff,
+                    max_retries: resolved.stored_max_retries(),
+                    retry_interval: resolved.retry.interval,
+                    retry_backoff: resolved.retry.backoff,
                     cron_expr: None,
                     timezone: None,
                     root_id: Some(parent.workflow_root()),
@@ -338,7 +340,7 @@ impl Inner {
             attempt,
             error,
             timed_out,
-            jitter: self.jitter(),
+            jitter: retry_jitter(),
         };
         let what = if timed_out { "timeout" } else { "failure" };
         self.write(id, attempt, what, command).await;
@@ -379,7 +381,7 @@ impl Inner {
         )
     }
 
-    /// Calls the store, retrying transient faults (see [`crate::retry`]).
+    /// Calls the store, retrying transient faults (see [`crate::store_faults`]).
     async fn retrying<T, F, Fut>(
         &self,
         what: &str,
@@ -418,6 +420,12 @@ fn verdict<T>(what: &str, id: TaskId, attempt: i32, result: Result<T, PortError>
             Written::Failed
         }
     }
+}
+
+/// A number in `[0, 1)` for retry jitter, from fastrand's thread-local generator (seeded per
+/// thread from the OS), so two failures in the same instant still differ.
+pub(crate) fn retry_jitter() -> f64 {
+    fastrand::f64()
 }
 
 /// Counts how an attempt's handler ended (not counted: a give-up on stop, which is an

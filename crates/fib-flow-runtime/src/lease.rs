@@ -7,11 +7,13 @@
 
 use std::sync::Arc;
 
-use fib_flow_domain::{Command, TaskId, WorkerQuery, WorkerStatus, time};
+use fib_flow_domain::{Command, TaskId, Worker, WorkerQuery, WorkerStatus, time};
 use fib_flow_ports::{BatchCommand, PortError, Recovery, RetiredWorkers, WorkerRegistration};
 use serde_json::json;
 
-use crate::engine::{Inner, loop_backoff};
+use crate::engine::{Engine, Inner, ManagerState};
+use crate::error::RuntimeError;
+use crate::store_faults::LoopBackoff;
 
 /// Lost attempts recovered per lease check (the rest wait for the next one).
 const ORPHAN_BATCH: u32 = 100;
@@ -23,6 +25,42 @@ pub(crate) enum Standing {
     Active,
     /// Another worker of our pod is `active`: claim nothing while it lives.
     Fenced,
+}
+
+impl Engine {
+    /// Registry rows matching the filter, ordered by `registered_at, worker_id`.
+    pub async fn workers(&self, query: WorkerQuery) -> Result<Vec<Worker>, RuntimeError> {
+        if let Some(pod_id) = &query.pod_id {
+            fib_flow_domain::limits::check_name("pod_id", pod_id)?;
+        }
+        Ok(self.inner.store.list_workers(query).await?)
+    }
+
+    /// One registry row.
+    pub async fn worker(&self, worker_id: &str) -> Result<Option<Worker>, RuntimeError> {
+        fib_flow_domain::limits::check_name("worker_id", worker_id)?;
+        Ok(self.inner.store.get_worker(worker_id.to_owned()).await?)
+    }
+
+    /// Whether this worker holds an active lease and may claim (false before its first
+    /// registration, while a successor of its pod is active, and after `stop`).
+    pub fn is_leased(&self) -> bool {
+        *self.inner.leased.borrow()
+    }
+
+    /// Runs one lease check now (renew, reap and recover, settle standing), as the lease loop
+    /// does every `worker_heartbeat_interval`. Returns whether this worker may claim
+    /// afterwards. A worker whose start-up registration has not happened yet registers here
+    /// as a revived one would.
+    pub async fn run_lease_check(&self) -> Result<bool, RuntimeError> {
+        let state = self.state();
+        if state != ManagerState::Running {
+            return Err(RuntimeError::NotRunning {
+                state: state.as_str(),
+            });
+        }
+        Ok(self.inner.lease_check().await? == crate::lease::Standing::Active)
+    }
 }
 
 impl Inner {
@@ -74,6 +112,9 @@ impl Inner {
         };
         let reaped = self.store.reap_workers(now, self.recovery()).await?;
         crate::metrics::recovered(superseded.recovered + reaped.recovered);
+        if superseded.recovered + reaped.recovered > 0 {
+            self.task_changed();
+        }
         tracing::info!(
             worker_id = %self.worker_id,
             pod_id = %registered.pod_id,
@@ -110,6 +151,7 @@ impl Inner {
             );
             if reaped.recovered > 0 {
                 self.wake.notify_one();
+                self.task_changed();
             }
         }
         let standing = if renewed {
@@ -202,6 +244,7 @@ impl Inner {
         );
         if recovered > 0 {
             self.wake.notify_one();
+            self.task_changed();
         }
         Ok(())
     }
@@ -212,7 +255,7 @@ impl Inner {
     pub(crate) async fn lease_loop(self: Arc<Self>) {
         let interval = self.options.worker_heartbeat_interval;
         let mut registered = false;
-        let mut failures: u32 = 0;
+        let mut fault_backoff = LoopBackoff::new(interval);
         loop {
             let result = if registered {
                 self.lease_check().await.map(|_| ())
@@ -222,7 +265,7 @@ impl Inner {
             match result {
                 Ok(()) => {
                     registered = true;
-                    failures = 0;
+                    fault_backoff.reset();
                     let next = time::add(self.clock.now(), interval);
                     tokio::select! {
                         () = self.clock.sleep_until(next) => {}
@@ -230,8 +273,7 @@ impl Inner {
                     }
                 }
                 Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let backoff = loop_backoff(interval, failures);
+                    let backoff = fault_backoff.after_failure();
                     tracing::warn!(
                         worker_id = %self.worker_id,
                         %error,
@@ -262,6 +304,7 @@ impl Inner {
             Ok(0) => {}
             Ok(recovered) => {
                 crate::metrics::recovered(recovered);
+                self.task_changed();
                 tracing::warn!(worker_id = %self.worker_id, recovered, "recovered tasks this worker owned but was not running, at stop");
             }
             Err(error) => {

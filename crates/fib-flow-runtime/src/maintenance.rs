@@ -1,13 +1,14 @@
 //! Maintenance: heartbeats of the local attempts, the expiry sweep (deadline and heartbeat
 //! timeouts, for every worker's attempts) and retention (automatic cadence and manual drain).
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 use fib_flow_domain::{Command, ExpiryKind, RetentionPolicy, TaskId, time};
 use fib_flow_ports::{PortError, RetentionReport, RetentionRun};
 use serde::Serialize;
 
-use crate::engine::{CancelReason, Inner};
+use crate::cancel::CancelReason;
+use crate::engine::{Engine, Inner};
 use crate::error::RuntimeError;
 
 /// Tasks per retention batch (the reference's fixed batch size).
@@ -28,7 +29,42 @@ pub struct SweepReport {
     pub retention: RetentionReport,
 }
 
+impl Engine {
+    /// Runs one maintenance tick now: heartbeat, expiry sweep and the automatic retention
+    /// cadence (exactly what the background loop does every `task_heartbeat_interval`).
+    pub async fn run_maintenance(&self) -> Result<crate::SweepReport, RuntimeError> {
+        self.inner.maintenance_tick().await
+    }
+
+    /// Deletes every expired workflow now, batch after batch, with the configured policy or
+    /// `policy`. A disabled configured policy yields a zero report.
+    pub async fn run_retention(
+        &self,
+        policy: Option<RetentionPolicy>,
+    ) -> Result<RetentionReport, RuntimeError> {
+        self.inner.run_retention(policy).await
+    }
+}
+
 impl Inner {
+    /// Runs maintenance every `task_heartbeat_interval` until stopped; errors are logged.
+    pub(crate) async fn maintenance_loop(self: Arc<Self>) {
+        let interval = self.options.task_heartbeat_interval;
+        let mut next = time::add(self.clock.now(), interval);
+        loop {
+            tokio::select! {
+                () = self.clock.sleep_until(next) => {}
+                () = self.background_shutdown.cancelled() => break,
+            }
+            // Anchored on the tick's start so a slow tick does not stretch the cadence; no
+            // catch-up burst after a long pause either.
+            next = time::add(self.clock.now(), interval);
+            if let Err(error) = self.maintenance_tick().await {
+                tracing::warn!(worker_id = %self.worker_id, %error, "maintenance tick failed");
+            }
+        }
+    }
+
     /// One tick: heartbeat, sweep, then automatic retention if due.
     pub(crate) async fn maintenance_tick(&self) -> Result<SweepReport, RuntimeError> {
         let mut report = SweepReport {
@@ -36,6 +72,9 @@ impl Inner {
             ..SweepReport::default()
         };
         self.sweep(&mut report).await?;
+        if report.timed_out_total + report.timed_out_heartbeat > 0 {
+            self.task_changed();
+        }
         report.retention = self.automatic_retention().await?;
         self.sample_queue_depth().await?;
         Ok(report)
@@ -89,7 +128,7 @@ impl Inner {
                 let command = Command::Expire {
                     attempt: expiry.attempt,
                     kind: expiry.kind,
-                    jitter: self.jitter(),
+                    jitter: crate::execution::retry_jitter(),
                 };
                 match self.store.apply(expiry.task_id, command, now).await {
                     Ok(_) => {

@@ -7,7 +7,7 @@
 //! running, so that with short handlers a burst of claims completes in one transaction instead
 //! of several; it never waits when no handler runs. Each command keeps its own verdict: a stale
 //! or rejected command is reported to its own execution only. Transient faults of a batch are
-//! retried as every store call of an execution is ([`crate::retry`]).
+//! retried as every store call of an execution is ([`crate::store_faults`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,12 @@ use fib_flow_domain::{Command, Task, TaskId};
 use fib_flow_ports::{BatchCommand, PortError, TaskStore};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::retry::retry_transient;
+use crate::engine::Inner;
+use crate::store_faults::retry_transient;
+
+/// Most outcomes in one write transaction (the engine never has more than
+/// `max_concurrent_tasks` executions to write for anyway).
+const MAX_OUTCOME_BATCH: usize = 500;
 
 /// One outcome waiting for its batch.
 struct Pending {
@@ -71,6 +76,23 @@ impl OutcomeWriter {
             return Err(writer_gone());
         }
         verdict.await.unwrap_or_else(|_| Err(writer_gone()))
+    }
+}
+
+impl Inner {
+    /// The outcome writer, started on first use.
+    pub(crate) fn writer(&self) -> &OutcomeWriter {
+        self.writer.get_or_init(|| {
+            OutcomeWriter::spawn(
+                self.store.clone(),
+                self.handlers.subscribe(),
+                WriterSettings {
+                    max_batch: self.options.max_concurrent_tasks.min(MAX_OUTCOME_BATCH),
+                    linger: self.options.outcome_linger,
+                    give_up_after: self.options.task_heartbeat_timeout,
+                },
+            )
+        })
     }
 }
 

@@ -46,8 +46,8 @@ struct ReadmeSnippets;
 /// What a service that runs tasks usually needs: `use fib_flow::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Error, ErrorKind, HandlerError, HandlerOptions, Job, ManagerOptions, Outcome, TaskHandle,
-        TaskId, TaskManager, TaskOptions, TaskStatus, Value, json, permanent,
+        Error, ErrorKind, HandlerError, HandlerOptions, Job, ManagerOptions, Outcome, RetryPolicy,
+        TaskHandle, TaskId, TaskManager, TaskOptions, TaskStatus, Value, json, permanent,
     };
 }
 
@@ -65,8 +65,8 @@ pub use fib_flow_domain::query::{
 };
 pub use fib_flow_domain::{
     AttemptOutcome, ChildFailurePolicy, ChildResult, ChildSpec, DomainError, EventType,
-    HandlerOptions, ManagerOptions, RetentionConfig, RetentionPolicy, RetryBackoff, Task,
-    TaskAttempt, TaskEvent, TaskId, TaskOptions, TaskStatus, TaskType, Worker, WorkerQuery,
+    HandlerOptions, ManagerOptions, RetentionConfig, RetentionPolicy, RetryBackoff, RetryPolicy,
+    Task, TaskAttempt, TaskEvent, TaskId, TaskOptions, TaskStatus, TaskType, Worker, WorkerQuery,
     WorkerStatus,
 };
 pub use fib_flow_ports::{

@@ -25,6 +25,11 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// The longest [`TaskManager::wait_for_status`] goes without reading the task again when
+/// nothing in this process announces a change: the bound on how late it sees a change made by
+/// another process.
+const WAIT_BACKSTOP: Duration = Duration::from_millis(200);
+
 /// Schemes each backend accepts, for `db_type` checks.
 const BACKEND_SCHEMES: [(&str, &[&str]); 3] = [
     ("sqlite", &["sqlite:"]),
@@ -503,18 +508,27 @@ impl TaskManager {
             .items)
     }
 
-    /// Polls the task until it reaches one of `statuses` and returns its snapshot; fails with
-    /// [`Error::WaitTimedOut`] (carrying the last snapshot) when `timeout` passes first
-    /// (wall clock), so a caller that forgets to look at the status cannot mistake a timeout
-    /// for success.
+    /// Waits until the task reaches one of `statuses` and returns that snapshot; fails with
+    /// [`Error::WaitTimedOut`] (carrying the last snapshot) when `timeout` passes first (wall
+    /// clock), so a caller that forgets to look at the status cannot mistake a timeout for
+    /// success.
+    ///
+    /// The task is read again whenever this manager's engine changes a task or the store
+    /// notifies ([`fib_flow_runtime::Engine::task_changes`]), and at least every 200 ms as a
+    /// backstop: changes made by other processes sharing the database send this
+    /// process nothing on SQLite and MySQL, and PostgreSQL notifies only of work that became
+    /// due, not of a task finishing elsewhere.
     pub async fn wait_for_status(
         &self,
         id: TaskId,
         statuses: &[TaskStatus],
         timeout: Duration,
     ) -> Result<Task> {
-        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.engine.task_changes();
         loop {
+            // Marked as seen before the read: a change landing during the read is not missed.
+            changes.borrow_and_update();
             let task = self
                 .get_task(id)
                 .await?
@@ -522,14 +536,23 @@ impl TaskManager {
             if statuses.contains(&task.status) {
                 return Ok(task);
             }
-            if started.elapsed() >= timeout {
+            let next_look = async {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep(WAIT_BACKSTOP).await;
+                        }
+                    }
+                    () = tokio::time::sleep(WAIT_BACKSTOP) => {}
+                }
+            };
+            if tokio::time::timeout_at(deadline, next_look).await.is_err() {
                 return Err(Error::WaitTimedOut {
                     task: Box::new(task),
                     statuses: statuses.to_vec(),
                     waited: timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -14,6 +14,7 @@ mod lease;
 mod maintenance;
 mod scheduling;
 mod submission;
+mod wakeups;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
