@@ -1,4 +1,4 @@
-//! Fills a database with a small, realistic data set to try the `fib-flow` CLI on (docs/cli.md
+//! Fills a database with a small, realistic data set to try the `fib-flow` CLI on (docs/operations.md
 //! shows its output against this data): e-mails, card charges that retry or are declined, an
 //! album workflow that fans out to thumbnails, a cron schedule, a delayed and a paused task.
 //!

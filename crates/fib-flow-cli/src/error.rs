@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use fib_flow::{AuditError, ConnectErrorKind, DomainError, PortError, RuntimeError};
 
-/// The documented exit codes (docs/cli.md, "Exit codes").
+/// The documented exit codes (docs/operations.md, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// The command did what it was asked.

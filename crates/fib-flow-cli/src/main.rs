@@ -1,6 +1,6 @@
 //! The `fib-flow` command line, for operators: list, inspect and act on tasks, show workflows,
 //! read the audit trail, list workers, count tasks, run retention and migrations, and run the
-//! benchmarks (see docs/cli.md and docs/benchmarks.md).
+//! benchmarks (see docs/operations.md and docs/benchmarks.md).
 //!
 //! Owns: argument parsing, the human and JSON renderings, progress bars, confirmations and the
 //! exit codes. Must not: hold behavior of its own. Every read and every state change goes
