@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// fmt check, clippy -D warnings, then every test on every reachable backend.
+    /// fmt check, clippy -D warnings (all features, then each backend feature alone), the
+    /// lean-build check, then every test on every reachable backend.
     Test {
         /// Run the tests while busy-loop processes saturate every core (one per core), to
         /// shake out timing assumptions that only hold on an idle machine.
