@@ -545,6 +545,7 @@ pub async fn enqueue_in_the_callers_transaction_commits_or_rolls_back_with_it(db
                 "skipped on SqliteMemory: a private in-memory database has no second connection for the caller"
             );
         }
+        #[cfg(feature = "sqlite")]
         Backend::SqliteFile => {
             use diesel_async::RunQueryDsl;
             use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;

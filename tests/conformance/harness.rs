@@ -1,11 +1,12 @@
 //! Per-backend test databases and managers.
 //!
-//! Every test gets its own database: a unique shared in-memory SQLite database, a fresh SQLite
-//! file in a temp directory, or a freshly created PostgreSQL/MySQL database that is dropped
-//! afterwards (even when the test panics), so runs never see each other's rows.
+//! Every test gets its own database from `fib-flow-test-support`: a private in-memory SQLite
+//! database, a fresh SQLite file in a temp directory, or a freshly created PostgreSQL/MySQL
+//! database that is dropped afterwards (even when the test panics), so runs never see each
+//! other's rows. That crate also decides when an unusable server is skipped (a local run) or a
+//! failure (`CI=true`).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,118 +14,51 @@ use std::time::Duration;
 use fib_flow::{
     AttemptOutcome, EventQuery, ManagerOptions, ManualClock, Task, TaskId, TaskManager, TaskStatus,
 };
+pub use fib_flow_test_support::Backend;
+use fib_flow_test_support::{DatabaseAdmin, TestDatabase};
 
-/// A backend the suite runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    SqliteMemory,
-    SqliteFile,
-    Postgres,
-    Mysql,
-}
+/// Creates and drops the server databases through the facade.
+pub struct FacadeAdmin;
 
-impl Backend {
-    pub fn is_server(self) -> bool {
-        matches!(self, Backend::Postgres | Backend::Mysql)
+impl DatabaseAdmin for FacadeAdmin {
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    async fn create_database(&self, server_url: &str, name: &str) -> Result<String, Self::Error> {
+        Ok(fib_flow::storage::create_database(server_url, name).await?)
     }
-}
 
-const POSTGRES_ENV: &str = "FIB_FLOW_POSTGRES_URL";
-const MYSQL_ENV: &str = "FIB_FLOW_MYSQL_URL";
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
-
-fn server_url(backend: Backend) -> (String, &'static str) {
-    match backend {
-        Backend::Postgres => (
-            std::env::var(POSTGRES_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into()),
-            "FIB_FLOW_SKIP_POSTGRES",
-        ),
-        _ => (
-            std::env::var(MYSQL_ENV).unwrap_or_else(|_| DEFAULT_MYSQL_URL.into()),
-            "FIB_FLOW_SKIP_MYSQL",
-        ),
+    async fn drop_database(&self, server_url: &str, name: &str) -> Result<(), Self::Error> {
+        Ok(fib_flow::storage::drop_database(server_url, name).await?)
     }
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
 }
 
 /// One isolated database for one test.
 pub struct TestDb {
     pub backend: Backend,
     pub url: String,
-    server: Option<(String, String)>,
-    dir: Option<PathBuf>,
+    database: TestDatabase<FacadeAdmin>,
 }
 
 impl TestDb {
     /// Creates the database, or returns `None` (after saying why) when the backend is skipped.
     async fn create(backend: Backend, test_name: &str) -> Option<TestDb> {
-        let unique = format!(
-            "ff_{}_{}",
-            test_name
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(24)
-                .collect::<String>(),
-            uuid_suffix()
-        )
-        .to_lowercase();
-        match backend {
-            Backend::SqliteMemory => Some(TestDb {
+        match TestDatabase::create(FacadeAdmin, backend, test_name).await {
+            Ok(database) => Some(TestDb {
                 backend,
-                url: "sqlite::memory:".into(),
-                server: None,
-                dir: None,
+                url: database.url().to_owned(),
+                database,
             }),
-            Backend::SqliteFile => {
-                let dir = std::env::temp_dir().join(&unique);
-                std::fs::create_dir_all(&dir).expect("create temp dir");
-                Some(TestDb {
-                    backend,
-                    url: format!("sqlite:{}", dir.join("tasks.db").display()),
-                    server: None,
-                    dir: Some(dir),
-                })
+            Err(skip) if skip.is_skip() => {
+                eprintln!("skipped {test_name}: {skip}");
+                None
             }
-            Backend::Postgres | Backend::Mysql => {
-                let (server, skip_env) = server_url(backend);
-                if let Ok(reason) = std::env::var(skip_env) {
-                    assert!(!in_ci(), "CI=true but {backend:?} is skipped: {reason}");
-                    eprintln!("skipped {test_name} on {backend:?}: server unreachable ({reason})");
-                    return None;
-                }
-                match fib_flow::storage::create_database(&server, &unique).await {
-                    Ok(url) => Some(TestDb {
-                        backend,
-                        url,
-                        server: Some((server, unique)),
-                        dir: None,
-                    }),
-                    Err(error) if !in_ci() => {
-                        eprintln!(
-                            "skipped {test_name} on {backend:?}: cannot create a database on {server}: {error}"
-                        );
-                        None
-                    }
-                    Err(error) => {
-                        panic!("CI=true and {backend:?} at {server} is unusable: {error}")
-                    }
-                }
-            }
+            Err(error) => panic!("{test_name}: {error}"),
         }
     }
 
     async fn destroy(self) {
-        if let Some((server, name)) = &self.server
-            && let Err(error) = fib_flow::storage::drop_database(server, name).await
-        {
-            eprintln!("could not drop test database {name}: {error}");
-        }
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
+        if let Err(error) = self.database.destroy().await {
+            eprintln!("{error}");
         }
     }
 
@@ -163,21 +97,6 @@ impl TestDb {
     pub fn shares_across_managers(&self) -> bool {
         self.backend != Backend::SqliteMemory
     }
-}
-
-fn uuid_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}{:x}{}",
-        std::process::id(),
-        nanos,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// The longest one conformance test may take (the contention tests need the most).

@@ -1,8 +1,10 @@
 //! The conformance suite: one set of behavior tests, written once against the `TaskManager`
 //! facade and run on every backend (SQLite in memory, SQLite file, PostgreSQL, MySQL/MariaDB).
 //!
-//! `cargo xtask test` decides which server backends are reachable and passes
-//! `FIB_FLOW_SKIP_<BACKEND>` for the others (with `CI=true` an unreachable server is a failure).
+//! Each backend's tests are built with its cargo feature of this package (`sqlite`, the
+//! default, `postgres`, `mysql`). `cargo xtask test` builds them all, decides which server
+//! backends are reachable and passes `FIB_FLOW_SKIP_<BACKEND>` for the others (with `CI=true`
+//! an unreachable server is a failure).
 
 mod audit;
 mod contention;
@@ -17,12 +19,13 @@ mod workflows;
 /// Instantiates every listed test once per backend, in modules named after the backend.
 macro_rules! conformance {
     ($($module:ident :: $test:ident),* $(,)?) => {
-        conformance!(@backend sqlite_memory, SqliteMemory, $($module::$test),*);
-        conformance!(@backend sqlite_file, SqliteFile, $($module::$test),*);
-        conformance!(@backend postgres, Postgres, $($module::$test),*);
-        conformance!(@backend mysql, Mysql, $($module::$test),*);
+        conformance!(@backend "sqlite", sqlite_memory, SqliteMemory, $($module::$test),*);
+        conformance!(@backend "sqlite", sqlite_file, SqliteFile, $($module::$test),*);
+        conformance!(@backend "postgres", postgres, Postgres, $($module::$test),*);
+        conformance!(@backend "mysql", mysql, Mysql, $($module::$test),*);
     };
-    (@backend $backend_module:ident, $backend:ident, $($module:ident :: $test:ident),*) => {
+    (@backend $feature:literal, $backend_module:ident, $backend:ident, $($module:ident :: $test:ident),*) => {
+        #[cfg(feature = $feature)]
         mod $backend_module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,18 +3,16 @@
 //! A plain binary that shells out to cargo and prints each step. `.ci/run` calls
 //! `cargo xtask test`; nothing else in the project is scripted.
 
+use std::collections::BTreeSet;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use fib_flow_test_support::{Server, in_ci};
+use url::Url;
 
 mod browser;
-
-/// Default server of the PostgreSQL conformance run (overridable with `FIB_FLOW_POSTGRES_URL`).
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-/// Default server of the MySQL/MariaDB conformance run (overridable with `FIB_FLOW_MYSQL_URL`).
-const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
 #[derive(Parser)]
 #[command(about = "fib-flow project tasks")]
@@ -25,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// fmt check, clippy -D warnings, then every test on every reachable backend.
+    /// fmt check, clippy -D warnings (all features, then each backend feature alone), the
+    /// lean-build check, then every test on every reachable backend.
     Test {
         /// Run the tests while busy-loop processes saturate every core (one per core), to
         /// shake out timing assumptions that only hold on an idle machine.
@@ -45,28 +44,6 @@ enum Task {
         args: Vec<String>,
     },
 }
-
-struct ServerBackend {
-    name: &'static str,
-    env: &'static str,
-    default_url: &'static str,
-    skip_env: &'static str,
-}
-
-const SERVER_BACKENDS: [ServerBackend; 2] = [
-    ServerBackend {
-        name: "postgres",
-        env: "FIB_FLOW_POSTGRES_URL",
-        default_url: DEFAULT_POSTGRES_URL,
-        skip_env: "FIB_FLOW_SKIP_POSTGRES",
-    },
-    ServerBackend {
-        name: "mysql",
-        env: "FIB_FLOW_MYSQL_URL",
-        default_url: DEFAULT_MYSQL_URL,
-        skip_env: "FIB_FLOW_SKIP_MYSQL",
-    },
-];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -172,18 +149,31 @@ fn prepare_peer() -> Result<std::path::PathBuf, String> {
     Ok(target)
 }
 
-/// The `host:port` of a database URL, for a reachability probe.
-fn host_port(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    let host_port = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    Some(host_port.to_owned())
+/// The `host:port` of a server URL, for a reachability probe (IPv6 hosts keep their brackets;
+/// a password with `@` is no host; a missing port is the server's usual one).
+fn host_port(url: &str) -> Result<String, String> {
+    let parsed = Url::parse(url).map_err(|error| format!("`{url}` is not a URL: {error}"))?;
+    let host = parsed
+        .host()
+        .ok_or_else(|| format!("`{url}` names no host"))?;
+    let port = parsed
+        .port()
+        .or_else(|| default_port(parsed.scheme()))
+        .ok_or_else(|| format!("`{url}` names no port"))?;
+    Ok(format!("{host}:{port}"))
+}
+
+/// The port a server URL without one means (what the clients assume).
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "postgres" | "postgresql" => Some(5432),
+        "mysql" => Some(3306),
+        _ => None,
+    }
 }
 
 fn reachable(url: &str) -> Result<(), String> {
-    let target = host_port(url).ok_or_else(|| format!("cannot find host:port in `{url}`"))?;
+    let target = host_port(url)?;
     let address = target
         .to_socket_addrs()
         .map_err(|error| format!("cannot resolve {target}: {error}"))?
@@ -194,8 +184,92 @@ fn reachable(url: &str) -> Result<(), String> {
         .map_err(|error| format!("{target} does not answer: {error}"))
 }
 
+/// The packages a user builds with one backend feature (the conformance suite comes along so
+/// that its per-backend `cfg`s are checked too).
+const PER_FEATURE_PACKAGES: [&str; 3] = ["fib-flow", "fib-flow-cli", "fib-flow-conformance"];
+
+/// The backend features, each of which must build on its own.
+const BACKEND_FEATURES: [&str; 3] = ["sqlite", "postgres", "mysql"];
+
+/// Lints the facade and the CLI (and the suite) with each backend feature alone: the
+/// workspace-wide clippy above enables every feature, which hides a `cfg` that only compiles
+/// when another backend is on.
+fn clippy_each_backend_alone() -> Result<(), String> {
+    for feature in BACKEND_FEATURES {
+        let mut command = cargo();
+        command.arg("clippy");
+        for package in PER_FEATURE_PACKAGES {
+            command.args(["-p", package]);
+        }
+        command.args([
+            "--all-targets",
+            "--no-default-features",
+            "--features",
+            feature,
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        run(&format!("clippy, {feature} alone"), &mut command)?;
+    }
+    Ok(())
+}
+
+/// Crates the README's main command (`cargo run -p fib-flow --example quickstart`, SQLite
+/// only) and a default build of the CLI must not compile: the server clients and the mocks.
+const NOT_IN_THE_LEAN_BUILD: [&str; 3] = ["tokio-postgres", "mysql_async", "mockall"];
+
+/// Fails when the default build of the facade (with its examples' dev-dependencies) or of the
+/// CLI pulls in a crate of [`NOT_IN_THE_LEAN_BUILD`]; a dev-dependency added to the facade
+/// for a server test would do that. `cargo tree` resolves without compiling: a second or two.
+fn check_lean_build() -> Result<(), String> {
+    let mut command = cargo();
+    command.args([
+        "tree",
+        "--quiet",
+        "--edges",
+        "normal,build,dev",
+        "--prefix",
+        "none",
+        "-p",
+        "fib-flow",
+        "-p",
+        "fib-flow-cli",
+    ]);
+    println!("==> lean build: {command:?}");
+    let output = command
+        .output()
+        .map_err(|error| format!("lean build: could not start cargo tree: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "lean build: cargo tree failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let unwanted = unwanted_crates(&tree);
+    if unwanted.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "lean build: the default build of fib-flow or fib-flow-cli pulls in {}; keep server \
+             clients and mocks behind features or in the test packages under tests/",
+            unwanted.into_iter().collect::<Vec<_>>().join(", ")
+        ))
+    }
+}
+
+/// The crates of [`NOT_IN_THE_LEAN_BUILD`] in a `cargo tree --prefix none` listing.
+fn unwanted_crates(tree: &str) -> BTreeSet<&str> {
+    tree.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| NOT_IN_THE_LEAN_BUILD.contains(name))
+        .collect()
+}
+
 fn test(under_load: bool) -> Result<(), String> {
-    let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+    let ci = in_ci();
     run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(
         "clippy",
@@ -209,30 +283,36 @@ fn test(under_load: bool) -> Result<(), String> {
             "warnings",
         ]),
     )?;
+    check_lean_build()?;
+    clippy_each_backend_alone()?;
 
     let mut tests = cargo();
     tests.args(["test", "--workspace", "--all-features"]);
     let mut ran = vec!["sqlite-memory", "sqlite-file"];
     let mut skipped = Vec::new();
-    for backend in &SERVER_BACKENDS {
-        let url = std::env::var(backend.env).unwrap_or_else(|_| backend.default_url.to_owned());
+    for server in Server::ALL {
+        let url = server.url();
         match reachable(&url) {
             Ok(()) => {
-                ran.push(backend.name);
-                tests.env(backend.env, &url).env_remove(backend.skip_env);
+                ran.push(server.backend().name());
+                tests
+                    .env(server.url_env(), &url)
+                    .env_remove(server.skip_env());
             }
             Err(reason) if ci => {
                 return Err(format!(
                     "CI=true and the {} server is unreachable ({reason}); set {} to a reachable server",
-                    backend.name, backend.env
+                    server.backend(),
+                    server.url_env()
                 ));
             }
             Err(reason) => {
                 skipped.push(format!(
                     "{} ({reason}; set {} to test it)",
-                    backend.name, backend.env
+                    server.backend(),
+                    server.url_env()
                 ));
-                tests.env(backend.skip_env, &reason);
+                tests.env(server.skip_env(), &reason);
             }
         }
     }
@@ -292,5 +372,49 @@ impl Drop for Load {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_reads_the_authority_of_every_server_url_form() {
+        let cases = [
+            ("postgres://postgres@127.0.0.1:5432/test", "127.0.0.1:5432"),
+            (
+                "mysql://root:p%40ss@db.internal:3307/test?ssl=false",
+                "db.internal:3307",
+            ),
+            ("postgres://user:p@ss@[::1]:6543/test", "[::1]:6543"),
+            ("mysql://db.internal/test", "db.internal:3306"),
+            ("postgresql://localhost", "localhost:5432"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(host_port(url).as_deref(), Ok(expected), "{url}");
+        }
+    }
+
+    #[test]
+    fn host_port_refuses_a_url_without_host_or_port() {
+        assert!(host_port("not a url").is_err());
+        assert!(host_port("sqlite:tasks.db").is_err());
+        assert!(host_port("redis://cache.internal/0").is_err());
+    }
+
+    #[test]
+    fn the_lean_check_finds_server_clients_and_mocks_only() {
+        let tree = "fib-flow v0.1.0 (/work/crates/fib-flow)\n\
+                    tokio v1.54.0\n\
+                    tokio-postgres v0.7.18\n\
+                    mockall v0.15.0\n\
+                    mockall_derive v0.15.0 (proc-macro)\n\
+                    tokio-postgres v0.7.18\n";
+        assert_eq!(
+            unwanted_crates(tree),
+            BTreeSet::from(["mockall", "tokio-postgres"])
+        );
+        assert!(unwanted_crates("fib-flow v0.1.0\ndiesel v2.3.14\n").is_empty());
     }
 }

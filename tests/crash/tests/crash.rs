@@ -14,7 +14,8 @@
 //! must have come in time: at the restart (same pod) or within the lease (reaper).
 //!
 //! The backends run one after the other (each spawns four processes; the machine may have two
-//! cores). A server that is unreachable, or whose skip variable (`FIB_FLOW_SKIP_POSTGRES`,
+//! cores). Each run gets a fresh database from `fib-flow-test-support`, which also decides
+//! the skip policy: a server that is unusable, or whose skip variable (`FIB_FLOW_SKIP_POSTGRES`,
 //! `FIB_FLOW_SKIP_MYSQL`, set by `cargo xtask test`) is set, is skipped with the reason printed;
 //! under `CI=true` that is a failure. Worker logs (stderr, `RUST_LOG`) are kept in a temp
 //! directory when the test fails.
@@ -34,6 +35,7 @@ use fib_flow_crash_test::{
     Backend, CREATE_LEDGER, Db, LedgerEntry, TASK_NAME, WORKER_HEARTBEAT_INTERVAL,
     WORKER_HEARTBEAT_TIMEOUT, now_ms,
 };
+use fib_flow_test_support::{DatabaseAdmin, TestDatabase};
 
 /// The worker binary of this package.
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_crash-worker");
@@ -74,11 +76,6 @@ const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// Problems listed when the test fails: the first few say enough, thousands would bury them.
 const PROBLEMS_SHOWN: usize = 25;
 
-const POSTGRES_ENV: &str = "FIB_FLOW_POSTGRES_URL";
-const MYSQL_ENV: &str = "FIB_FLOW_MYSQL_URL";
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
-
 /// Backends run one at a time: four worker processes each are plenty for the machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -108,11 +105,28 @@ fn run(backend: Backend) {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let Some(db) = TestDb::create(backend).await else {
-            return;
-        };
-        let outcome = tokio::spawn(crash_test(backend, db.url.clone(), db.dir.clone())).await;
-        db.destroy(outcome.is_ok()).await;
+        let test_name = format!("crash_{backend:?}");
+        let database =
+            match TestDatabase::create(FacadeAdmin, database_backend(backend), &test_name).await {
+                Ok(database) => database,
+                Err(skip) if skip.is_skip() => {
+                    eprintln!("SKIPPED crash test: {skip}");
+                    return;
+                }
+                Err(error) => panic!("the {backend:?} crash test cannot run: {error}"),
+            };
+        let logs = std::env::temp_dir().join(format!("{}_logs", database.name()));
+        std::fs::create_dir_all(&logs).expect("create the worker log directory");
+        let outcome =
+            tokio::spawn(crash_test(backend, database.url().to_owned(), logs.clone())).await;
+        if let Err(error) = database.destroy().await {
+            eprintln!("{error}");
+        }
+        if outcome.is_ok() {
+            let _ = std::fs::remove_dir_all(&logs);
+        } else {
+            eprintln!("worker logs kept in {}", logs.display());
+        }
         if let Err(error) = outcome {
             if error.is_panic() {
                 std::panic::resume_unwind(error.into_panic());
@@ -122,8 +136,13 @@ fn run(backend: Backend) {
     });
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+/// The per-test database this backend's run needs: the workers share a SQLite file.
+fn database_backend(backend: Backend) -> fib_flow_test_support::Backend {
+    match backend {
+        Backend::Sqlite => fib_flow_test_support::Backend::SqliteFile,
+        Backend::Postgres => fib_flow_test_support::Backend::Postgres,
+        Backend::Mysql => fib_flow_test_support::Backend::Mysql,
+    }
 }
 
 /// A random number in `low..high` (a v4 UUID is 122 random bits; no extra dependency).
@@ -136,74 +155,18 @@ fn random_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-/// The database of one backend run and a temp directory (the SQLite file, the worker logs).
-struct TestDb {
-    url: String,
-    /// Server URL and database name, to drop it afterwards.
-    server: Option<(String, String)>,
-    dir: PathBuf,
-}
+/// Creates and drops the server databases through the facade.
+struct FacadeAdmin;
 
-impl TestDb {
-    /// A fresh database, or `None` (after saying why) when the backend is skipped.
-    async fn create(backend: Backend) -> Option<TestDb> {
-        let name = format!("crash_{}", random_suffix());
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&dir).expect("create the temp dir");
-        let (server, skip_env) = match backend {
-            Backend::Sqlite => {
-                return Some(TestDb {
-                    url: format!("sqlite:{}", dir.join("tasks.db").display()),
-                    server: None,
-                    dir,
-                });
-            }
-            Backend::Postgres => (
-                std::env::var(POSTGRES_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into()),
-                "FIB_FLOW_SKIP_POSTGRES",
-            ),
-            Backend::Mysql => (
-                std::env::var(MYSQL_ENV).unwrap_or_else(|_| DEFAULT_MYSQL_URL.into()),
-                "FIB_FLOW_SKIP_MYSQL",
-            ),
-        };
-        let skip = |reason: String| {
-            let _ = std::fs::remove_dir_all(&dir);
-            assert!(
-                !in_ci(),
-                "CI=true but the {backend:?} crash test cannot run: {reason}"
-            );
-            eprintln!("SKIPPED crash test on {backend:?}: {reason}");
-            None
-        };
-        if let Ok(reason) = std::env::var(skip_env) {
-            return skip(format!("server unreachable ({reason})"));
-        }
-        match fib_flow::storage::create_database(&server, &name).await {
-            Ok(url) => Some(TestDb {
-                url,
-                server: Some((server, name)),
-                dir,
-            }),
-            Err(error) => skip(format!("cannot create a database on {server}: {error}")),
-        }
+impl DatabaseAdmin for FacadeAdmin {
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    async fn create_database(&self, server_url: &str, name: &str) -> Result<String, Self::Error> {
+        Ok(fib_flow::storage::create_database(server_url, name).await?)
     }
 
-    /// Drops the database; keeps the worker logs when the test failed.
-    async fn destroy(self, passed: bool) {
-        if let Some((server, name)) = &self.server
-            && let Err(error) = fib_flow::storage::drop_database(server, name).await
-        {
-            eprintln!("could not drop test database {name}: {error}");
-        }
-        if passed {
-            let _ = std::fs::remove_dir_all(&self.dir);
-            return;
-        }
-        for file in ["tasks.db", "tasks.db-wal", "tasks.db-shm"] {
-            let _ = std::fs::remove_file(self.dir.join(file));
-        }
-        eprintln!("worker logs kept in {}", self.dir.display());
+    async fn drop_database(&self, server_url: &str, name: &str) -> Result<(), Self::Error> {
+        Ok(fib_flow::storage::drop_database(server_url, name).await?)
     }
 }
 

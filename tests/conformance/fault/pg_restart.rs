@@ -221,10 +221,9 @@ async fn a_server_restart_during_a_drain_loses_nothing_and_runs_nothing_twice() 
         )
         .with_test_writer()
         .try_init();
-    let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
     let Some(bin) = server_binaries() else {
         assert!(
-            !ci,
+            !fib_flow_test_support::in_ci(),
             "CI=true: the PostgreSQL server binaries (initdb, pg_ctl) are required for the restart test"
         );
         eprintln!(
