@@ -15,22 +15,7 @@ use fib_flow::{
     AttemptOutcome, EventQuery, ManagerOptions, ManualClock, Task, TaskId, TaskManager, TaskStatus,
 };
 pub use fib_flow_test_support::Backend;
-use fib_flow_test_support::{DatabaseAdmin, TestDatabase};
-
-/// Creates and drops the server databases through the facade.
-pub struct FacadeAdmin;
-
-impl DatabaseAdmin for FacadeAdmin {
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    async fn create_database(&self, server_url: &str, name: &str) -> Result<String, Self::Error> {
-        Ok(fib_flow::storage::create_database(server_url, name).await?)
-    }
-
-    async fn drop_database(&self, server_url: &str, name: &str) -> Result<(), Self::Error> {
-        Ok(fib_flow::storage::drop_database(server_url, name).await?)
-    }
-}
+use fib_flow_test_support::{FacadeAdmin, TestDatabase};
 
 /// One isolated database for one test.
 pub struct TestDb {

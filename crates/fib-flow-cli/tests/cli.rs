@@ -14,7 +14,7 @@ macro_rules! on_every_backend {
             $(
                 #[test]
                 fn $scenario() {
-                    super::$scenario(super::Backend::Sqlite);
+                    super::$scenario(super::Backend::SqliteFile);
                 }
             )*
         }
@@ -650,7 +650,7 @@ fn a_missing_sqlite_file_is_unreachable_and_is_not_created() {
 
 #[test]
 fn the_url_flag_wins_over_the_environment() {
-    let Some(db) = TestDb::create(Backend::Sqlite, "url_flag") else {
+    let Some(db) = TestDb::create(Backend::SqliteFile, "url_flag") else {
         return;
     };
     db.ok(&["migrate"]);
@@ -691,7 +691,7 @@ fn help_lists_every_command_and_the_exit_codes() {
 
 #[test]
 fn a_reader_that_closes_the_pipe_early_is_not_a_failure() {
-    let Some((db, _seeded)) = TestDb::seeded(Backend::Sqlite, "closed_pipe") else {
+    let Some((db, _seeded)) = TestDb::seeded(Backend::SqliteFile, "closed_pipe") else {
         return;
     };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fib-flow"))
@@ -737,7 +737,7 @@ fn bench_still_runs_next_to_the_operator_commands() {
 
 #[test]
 fn serve_refuses_a_non_loopback_address_without_a_token() {
-    let Some(db) = TestDb::create(Backend::Sqlite, "serve_no_token") else {
+    let Some(db) = TestDb::create(Backend::SqliteFile, "serve_no_token") else {
         return;
     };
     db.ok(&["migrate"]);
@@ -772,7 +772,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 #[cfg(unix)]
 #[test]
 fn serve_answers_the_api_and_metrics_then_stops_on_sigterm() {
-    let Some((db, seeded)) = TestDb::seeded(Backend::Sqlite, "serve") else {
+    let Some((db, seeded)) = TestDb::seeded(Backend::SqliteFile, "serve") else {
         return;
     };
     // A free port: bind port 0, read it, release it for the dashboard.

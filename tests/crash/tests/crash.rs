@@ -35,7 +35,7 @@ use fib_flow_crash_test::{
     Backend, CREATE_LEDGER, Db, LedgerEntry, TASK_NAME, WORKER_HEARTBEAT_INTERVAL,
     WORKER_HEARTBEAT_TIMEOUT, now_ms,
 };
-use fib_flow_test_support::{DatabaseAdmin, TestDatabase};
+use fib_flow_test_support::{FacadeAdmin, TestDatabase};
 
 /// The worker binary of this package.
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_crash-worker");
@@ -153,21 +153,6 @@ fn random_between(low: u64, high: u64) -> u64 {
 
 fn random_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
-}
-
-/// Creates and drops the server databases through the facade.
-struct FacadeAdmin;
-
-impl DatabaseAdmin for FacadeAdmin {
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    async fn create_database(&self, server_url: &str, name: &str) -> Result<String, Self::Error> {
-        Ok(fib_flow::storage::create_database(server_url, name).await?)
-    }
-
-    async fn drop_database(&self, server_url: &str, name: &str) -> Result<(), Self::Error> {
-        Ok(fib_flow::storage::drop_database(server_url, name).await?)
-    }
 }
 
 /// One worker process.

@@ -8,7 +8,8 @@
 //! whose `FIB_FLOW_SKIP_<BACKEND>` variable `cargo xtask test` set, and says why, while under
 //! `CI=true` that is a failure.
 //!
-//! It must not depend on any fib-flow crate: how a database is created and dropped on a
+//! It must not depend on any fib-flow crate (except the facade behind the `facade` feature,
+//! which provides [`FacadeAdmin`](crate::DatabaseAdmin)): how a database is created and dropped on a
 //! server is the caller's [`DatabaseAdmin`] (the facade's `storage::create_database`, or an
 //! adapter's own functions), so an adapter's tests can use this crate without building the
 //! facade. Used by the conformance suite, the crash test, and xtask (for the server settings
@@ -46,6 +47,25 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// [`DatabaseAdmin`] through the fib-flow facade (`fib_flow::storage`), behind the `facade`
+/// feature; it creates on whichever server backends the facade was built with.
+#[cfg(feature = "facade")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FacadeAdmin;
+
+#[cfg(feature = "facade")]
+impl DatabaseAdmin for FacadeAdmin {
+    type Error = fib_flow::Error;
+
+    async fn create_database(&self, server_url: &str, name: &str) -> Result<String, Self::Error> {
+        Ok(fib_flow::storage::create_database(server_url, name).await?)
+    }
+
+    async fn drop_database(&self, server_url: &str, name: &str) -> Result<(), Self::Error> {
+        Ok(fib_flow::storage::drop_database(server_url, name).await?)
+    }
+}
 
 /// Set to `true` or `1` on CI, where every backend must be tested.
 const CI_ENV: &str = "CI";

@@ -5,29 +5,17 @@
 //! server skips the PostgreSQL variant with a message, unless `CI=true`, where it fails.
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use fib_flow_test_support::{FacadeAdmin, TestDatabase};
 
 use fib_flow::{
     ChildSpec, HandlerError, ManagerOptions, ManualClock, Outcome, TaskHandle, TaskManager,
     TaskOptions, Value, json, permanent,
 };
 
-/// Where a test's database lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// A SQLite file in a temp directory.
-    Sqlite,
-    /// A fresh database on the PostgreSQL server.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    Postgres,
-}
-
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
+/// Where a test's database lives: a SQLite file, or a fresh database on the PostgreSQL server.
+pub use fib_flow_test_support::Backend;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -37,59 +25,27 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// One isolated database for one test.
+/// One isolated database for one test (fib-flow-test-support's, dropped on drop).
 pub struct TestDb {
     /// The URL the binary gets in `FIB_FLOW_DATABASE_URL`.
     pub url: String,
-    server: Option<(String, String)>,
-    _dir: Option<tempfile::TempDir>,
+    database: Option<TestDatabase<FacadeAdmin>>,
 }
 
 impl TestDb {
-    /// An empty database (no schema), or `None` when the backend is skipped.
+    /// An empty database (no schema), or `None` when the backend is skipped (a local run
+    /// without the server; under `CI=true` that fails instead).
     pub fn create(backend: Backend, test_name: &str) -> Option<TestDb> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let unique = format!(
-            "ff_cli_{}_{}_{}",
-            test_name
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(24)
-                .collect::<String>()
-                .to_lowercase(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite:{}", dir.path().join("tasks.db").display());
-                Some(TestDb {
-                    url,
-                    server: None,
-                    _dir: Some(dir),
-                })
+        match runtime().block_on(TestDatabase::create(FacadeAdmin, backend, test_name)) {
+            Ok(database) => Some(TestDb {
+                url: database.url().to_owned(),
+                database: Some(database),
+            }),
+            Err(skip) if skip.is_skip() => {
+                eprintln!("skipped {test_name}: {skip}");
+                None
             }
-            Backend::Postgres => {
-                let server = std::env::var("FIB_FLOW_POSTGRES_URL")
-                    .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-                let created =
-                    runtime().block_on(fib_flow::storage::create_database(&server, &unique));
-                match created {
-                    Ok(url) => Some(TestDb {
-                        url,
-                        server: Some((server, unique)),
-                        _dir: None,
-                    }),
-                    Err(error) if !in_ci() => {
-                        eprintln!(
-                            "skipped {test_name} on PostgreSQL: cannot create a database on {server}: {error}"
-                        );
-                        None
-                    }
-                    Err(error) => panic!("CI=true and PostgreSQL at {server} is unusable: {error}"),
-                }
-            }
+            Err(error) => panic!("{test_name}: {error}"),
         }
     }
 
@@ -125,10 +81,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Some((server, name)) = &self.server
-            && let Err(error) = runtime().block_on(fib_flow::storage::drop_database(server, name))
+        if let Some(database) = self.database.take()
+            && let Err(error) = runtime().block_on(database.destroy())
         {
-            eprintln!("could not drop test database {name}: {error}");
+            eprintln!("{error}");
         }
     }
 }
