@@ -108,6 +108,29 @@ impl Audit {
         Ok(self.store.query_events(query, bounds).await?)
     }
 
+    /// A page of events across tasks, filtered by the query's own fields (type, worker,
+    /// time window, …; none set = every event), ordered by `event_time, id`. What an
+    /// operator's view of "what happened in the last hour" reads.
+    pub async fn query_events(
+        &self,
+        query: EventQuery,
+        page: PageRequest,
+    ) -> Result<Page<TaskEvent>, AuditError> {
+        let bounds = page.bounds()?;
+        Ok(self.store.query_events(query, bounds).await?)
+    }
+
+    /// A page of attempts across tasks, filtered by the query's own fields (worker, outcome,
+    /// time window, …).
+    pub async fn query_attempts(
+        &self,
+        query: AttemptQuery,
+        page: PageRequest,
+    ) -> Result<Page<TaskAttempt>, AuditError> {
+        let bounds = page.bounds()?;
+        Ok(self.store.query_attempts(query, bounds).await?)
+    }
+
     /// A page of a workflow's events — the root's own and every descendant's — ordered by
     /// `event_time, id` (`queryWorkflowEvents`).
     ///

@@ -53,11 +53,7 @@ pub async fn open_or_create(url: &str) -> Result<TaskManager, CliError> {
 
 /// Releases the pool (the manager was never started, so there is nothing to drain).
 pub async fn close(manager: TaskManager) -> Result<(), CliError> {
-    manager
-        .engine()
-        .close()
-        .await
-        .map_err(|error| CliError::Library(error.into()))
+    Ok(manager.close().await?)
 }
 
 /// The file path of a `sqlite:PATH` or `sqlite://PATH` URL; `None` for other URLs and for

@@ -68,7 +68,7 @@ pub struct ThroughputBucket {
 
 /// Reads the overview.
 pub(crate) async fn overview(manager: &TaskManager) -> Result<Overview, WebError> {
-    let now = manager.engine().clock().now();
+    let now = manager.now();
     let stats = manager.task_stats_by_tag(None, None).await?;
     let mut by_status: BTreeMap<TaskStatus, u64> = TaskStatus::ALL
         .into_iter()
@@ -134,14 +134,7 @@ pub(crate) async fn count_events(
         started_before: Some(end),
         ..EventQuery::default()
     };
-    let bounds = PageRequest::limit(1)
-        .bounds()
-        .map_err(fib_flow::Error::from)?;
-    let page = manager
-        .store()
-        .query_events(query, bounds)
-        .await
-        .map_err(fib_flow::Error::from)?;
+    let page = manager.query_events(query, PageRequest::limit(1)).await?;
     Ok(page.total)
 }
 

@@ -91,7 +91,7 @@ pub(crate) async fn render(
 }
 
 async fn database_metrics(manager: &TaskManager) -> Result<String, WebError> {
-    let now = manager.engine().clock().now();
+    let now = manager.now();
     let mut text = String::new();
 
     let mut by_name_status: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
@@ -188,15 +188,8 @@ async fn recent_attempt_durations(
         ended_after: Some(since),
         ..AttemptQuery::default()
     };
-    let bounds = PageRequest::limit(LATENCY_SAMPLE)
-        .order(Order::Desc)
-        .bounds()
-        .map_err(fib_flow::Error::from)?;
-    let page = manager
-        .store()
-        .query_attempts(query, bounds)
-        .await
-        .map_err(fib_flow::Error::from)?;
+    let page = PageRequest::limit(LATENCY_SAMPLE).order(Order::Desc);
+    let page = manager.query_attempts(query, page).await?;
     let mut durations: Vec<f64> = page
         .items
         .iter()

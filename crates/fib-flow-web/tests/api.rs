@@ -1037,7 +1037,7 @@ async fn serving_a_database_url_starts_no_worker_and_answers_over_http() {
         0,
         "the dashboard registered no worker"
     );
-    writer.engine().close().await.expect("close");
+    writer.close().await.expect("close");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

@@ -143,8 +143,8 @@ impl TaskManager {
         self.engine.store()
     }
 
-    /// The engine behind the manager.
-    pub fn engine(&self) -> &Engine {
+    /// The engine behind the manager (the facade's own helpers reach the clock through it).
+    pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
 
@@ -324,9 +324,23 @@ impl TaskManager {
         Ok(self.engine.start().await?)
     }
 
-    /// Drains in-flight executions up to `stop_timeout`, releases the rest, closes the store.
+    /// Drains in-flight executions up to `stop_timeout`, releases the rest and marks this
+    /// worker `stopped`. The store stays open, so reads still work; [`TaskManager::close`]
+    /// also closes it.
     pub async fn stop(&self) -> Result<()> {
         Ok(self.engine.stop().await?)
+    }
+
+    /// [`TaskManager::stop`], then closes the store's connections. For a manager that was
+    /// only opened to read and act (a CLI, a dashboard) it just closes the connections.
+    pub async fn close(&self) -> Result<()> {
+        Ok(self.engine.close().await?)
+    }
+
+    /// The current time on the manager's clock (a [`ManualClock`](crate::ManualClock) in
+    /// tests): what "now" means for due times, deadlines and retention.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.engine.clock().now()
     }
 
     /// Stops claiming new tasks; running ones continue.
@@ -561,6 +575,25 @@ impl TaskManager {
     /// A page of tasks with metadata.
     pub async fn query_tasks(&self, filter: TaskQuery, page: PageRequest) -> Result<Page<Task>> {
         Ok(self.audit.query_tasks(filter, page).await?)
+    }
+
+    /// A page of events across tasks, filtered by the query's own fields (type, worker, time
+    /// window; none set = every event), ordered by `event_time, id`.
+    pub async fn query_events(
+        &self,
+        filter: EventQuery,
+        page: PageRequest,
+    ) -> Result<Page<TaskEvent>> {
+        Ok(self.audit.query_events(filter, page).await?)
+    }
+
+    /// A page of attempts across tasks, filtered by the query's own fields.
+    pub async fn query_attempts(
+        &self,
+        filter: AttemptQuery,
+        page: PageRequest,
+    ) -> Result<Page<TaskAttempt>> {
+        Ok(self.audit.query_attempts(filter, page).await?)
     }
 
     /// A page of one task's events.

@@ -106,7 +106,7 @@ pub async fn enqueued(manager: &TaskManager, name: &str) -> Result<Vec<Task>> {
 /// Tasks running, or pending and due on the manager's clock, from one snapshot (two queries
 /// could both miss a task claimed between them).
 async fn busy_tasks(manager: &TaskManager) -> Result<Vec<Task>> {
-    let now = manager.engine().clock().now();
+    let now = manager.now();
     Ok(manager
         .get_tasks(TaskQuery::default())
         .await?

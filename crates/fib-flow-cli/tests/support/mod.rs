@@ -201,7 +201,7 @@ async fn seed(url: &str) -> Seeded {
         .into_iter()
         .map(|child| child.id.0)
         .collect();
-    manager.engine().close().await.expect("close");
+    manager.close().await.expect("close");
     Seeded {
         billed,
         plain,
