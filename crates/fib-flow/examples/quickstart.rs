@@ -1,5 +1,5 @@
 //! Quick start: a handful of tasks on embedded SQLite, printing each task's final status and
-//! result. Run with `cargo run --example quickstart` (add `-- sqlite:tasks.db` to keep a file).
+//! result. Run with `cargo run -p fib-flow --example quickstart` (add `-- sqlite:tasks.db` to keep a file).
 
 use std::time::Duration;
 
