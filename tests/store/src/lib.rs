@@ -1,8 +1,7 @@
 //! Store-level test harness: runs one test body against every backend, each in its own fresh
 //! database (SQLite in memory, a SQLite temp file, and — when the servers answer — a database
-//! created for the test on PostgreSQL and MySQL/MariaDB, dropped afterwards).
-
-#![allow(dead_code)]
+//! created for the test on PostgreSQL and MySQL/MariaDB, dropped afterwards). The stores come
+//! from `fib_flow::storage::connect`, the way the facade opens them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fib_flow_diesel::{StoreConfig, connect};
+use fib_flow::storage::{StoreConfig, connect};
 use fib_flow_domain::time::from_millis;
 use fib_flow_domain::{NewTask, RetryBackoff, TaskId, TaskType};
 use fib_flow_ports::TaskStore;
@@ -19,19 +18,27 @@ use serde_json::Value;
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// `sqlite::memory:`.
     SqliteMemory,
+    /// A SQLite file in a fresh temp directory.
     SqliteFile,
+    /// A database created for the test on the PostgreSQL server.
     Postgres,
+    /// A database created for the test on the MySQL/MariaDB server.
     Mysql,
 }
 
+/// A test body, run once per backend.
 pub type Body = fn(Ctx) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What a test body gets: the store, and the URL (to open a second store on the same DB).
 #[derive(Clone)]
 pub struct Ctx {
+    /// The backend under test.
     pub backend: Backend,
+    /// The migrated store.
     pub store: Arc<dyn TaskStore>,
+    /// The database's URL.
     pub url: String,
 }
 
@@ -106,7 +113,7 @@ pub async fn run(backend: Backend, test: &str, body: Body) {
                 return;
             }
             let server = std::env::var(env).unwrap_or_else(|_| default.to_owned());
-            match fib_flow_diesel::create_database(&server, &name).await {
+            match fib_flow::storage::create_database(&server, &name).await {
                 Ok(url) => (url, Some(server), None),
                 Err(error) if !in_ci() => {
                     eprintln!("skipped {test} on {backend:?}: {error}");
@@ -128,7 +135,7 @@ pub async fn run(backend: Backend, test: &str, body: Body) {
     store.close().await;
     drop(store);
     if let Some(server) = server
-        && let Err(error) = fib_flow_diesel::drop_database(&server, &name).await
+        && let Err(error) = fib_flow::storage::drop_database(&server, &name).await
     {
         eprintln!("could not drop {name}: {error}");
     }
@@ -141,10 +148,11 @@ pub async fn run(backend: Backend, test: &str, body: Body) {
 }
 
 /// Declares one `#[tokio::test]` per backend for an `async fn body(ctx: Ctx)`.
+#[macro_export]
 macro_rules! store_test {
     ($body:ident) => {
         mod $body {
-            use super::common::{Backend, run};
+            use fib_flow_store_test::{Backend, run};
 
             #[cfg(feature = "sqlite")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
