@@ -13,7 +13,7 @@ use crate::rows::{
     TaskRow, TaskValues, child_result, created_event, json_from_text, json_to_text, normalized,
 };
 
-fn sample_task() -> Task {
+pub(crate) fn sample_task() -> Task {
     Task {
         id: TaskId(42),
         name: "n".into(),
@@ -58,7 +58,7 @@ fn sample_task() -> Task {
     }
 }
 
-fn row_of(task: &Task) -> TaskRow {
+pub(crate) fn row_of(task: &Task) -> TaskRow {
     let v = TaskValues::from_task(task);
     TaskRow {
         id: task.id.0,

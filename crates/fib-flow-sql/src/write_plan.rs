@@ -289,3 +289,86 @@ pub fn merge_candidates(mut rows: Vec<TaskRow>, limit: u32) -> Vec<TaskRow> {
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use fib_flow_domain::time::from_millis;
+    use fib_flow_ports::{ClaimName, QueueCap};
+
+    use super::*;
+
+    fn name(name: &str, max: Option<u32>, queue: &str) -> ClaimName {
+        ClaimName {
+            name: name.to_owned(),
+            max,
+            queue: queue.to_owned(),
+        }
+    }
+
+    fn row(id: i64, name: &str, priority: i32) -> TaskRow {
+        TaskRow {
+            id,
+            name: name.to_owned(),
+            priority,
+            next_run_time: 1_000,
+            ..crate::tests::row_of(&crate::tests::sample_task())
+        }
+    }
+
+    #[test]
+    fn a_claim_fetches_uncapped_names_together_and_each_cap_on_its_own() {
+        let request = ClaimRequest {
+            worker_id: "w".into(),
+            now: from_millis(1_000),
+            limit: 5,
+            names: vec![
+                name("b", None, "default"),
+                name("a", None, "default"),
+                name("capped", Some(9), "default"),
+                name("capped", Some(2), "default"),
+                name("a", Some(3), "default"),
+                name("mail", Some(1), "io"),
+                name("sms", None, "io"),
+            ],
+            queue_caps: vec![QueueCap {
+                queue: "io".into(),
+                max: 4,
+            }],
+            require_active_lease: false,
+        };
+        let queries = candidate_queries(&request);
+        assert_eq!(queries.len(), 4, "{queries:?}");
+        assert_eq!(
+            queries[0].names,
+            vec!["b".to_owned()],
+            "a name listed with a cap keeps it"
+        );
+        assert_eq!(queries[0].limit, 5);
+        assert_eq!(
+            (queries[1].names.clone(), queries[1].limit),
+            (vec!["a".to_owned()], 3)
+        );
+        assert_eq!(
+            (queries[2].names.clone(), queries[2].limit),
+            (vec!["capped".to_owned()], 2),
+            "the smallest cap of a name wins"
+        );
+        let queue = &queries[3];
+        assert_eq!(queue.names, vec!["mail".to_owned(), "sms".to_owned()]);
+        assert_eq!(queue.limit, 4, "a queue is fetched up to its own cap");
+        let admitted = queue.admit(vec![row(1, "mail", 0), row(2, "mail", 0), row(3, "sms", 0)]);
+        let ids: Vec<i64> = admitted.iter().map(|row| row.id).collect();
+        assert_eq!(
+            ids,
+            vec![1, 3],
+            "a capped name inside a queue is held to its cap"
+        );
+    }
+
+    #[test]
+    fn candidates_merge_in_claim_order_up_to_the_limit() {
+        let merged = merge_candidates(vec![row(3, "a", 0), row(2, "b", 5), row(1, "a", 0)], 2);
+        let ids: Vec<i64> = merged.iter().map(|row| row.id).collect();
+        assert_eq!(ids, vec![2, 1]);
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use fib_flow_ports::{PortError, TaskStore};
+use fib_flow_ports::{ConnectErrorKind, PortError, TaskStore};
 use fib_flow_sql::StoreConfig;
 use url::Url;
 
@@ -47,26 +47,21 @@ impl Target {
     /// Parses a database URL. Errors name the scheme only: the rest may hold a password.
     pub(crate) fn parse(text: &str) -> Result<Target, PortError> {
         let text = text.trim();
-        let url = Url::parse(text).map_err(|error| {
-            // `url`'s errors describe the problem without quoting the input.
-            PortError::Config(format!(
-                "database URL is malformed ({error}); allowed: {ALLOWED}"
-            ))
-        })?;
+        // SQLite's forms name a file path, not a URL (`sqlite::memory:` is not even one).
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            return sqlite_target(path);
+        }
+        let mut url = Url::parse(text).map_err(|error| malformed(text, error))?;
         match url.scheme() {
-            "sqlite" => sqlite_target(text),
             "postgres" | "postgresql" => Ok(Target::Postgres(url)),
             "psql" => {
-                let mut url = url;
                 url.set_scheme("postgres").map_err(|()| {
                     PortError::Config("cannot read a psql:// URL as postgres://".into())
                 })?;
                 Ok(Target::Postgres(url))
             }
             "mysql" => Ok(Target::Mysql(url)),
-            other => Err(PortError::Config(format!(
-                "unsupported database URL scheme `{other}`; allowed: {ALLOWED}"
-            ))),
+            other => Err(unsupported(other)),
         }
     }
 
@@ -80,10 +75,10 @@ impl Target {
     }
 }
 
-/// `sqlite::memory:`, `sqlite:PATH` or `sqlite://PATH`, the path taken verbatim (a file path
-/// may hold characters a URL would encode or read as a query or fragment).
-fn sqlite_target(text: &str) -> Result<Target, PortError> {
-    let rest = &text["sqlite:".len()..];
+/// What follows `sqlite:` in `sqlite::memory:`, `sqlite:PATH` or `sqlite://PATH`, the path
+/// taken verbatim (a file path may hold characters a URL would encode or read as a query or
+/// fragment).
+fn sqlite_target(rest: &str) -> Result<Target, PortError> {
     let path = rest.strip_prefix("//").unwrap_or(rest);
     match path {
         ":memory:" => Ok(Target::SqliteMemory),
@@ -94,8 +89,35 @@ fn sqlite_target(text: &str) -> Result<Target, PortError> {
     }
 }
 
+fn unsupported(scheme: &str) -> PortError {
+    PortError::Config(format!(
+        "unsupported database URL scheme `{scheme}`; allowed: {ALLOWED}"
+    ))
+}
+
+/// A URL that does not parse. With a server backend's scheme it is that backend's invalid URL
+/// (permanent, as its driver would report it); `url`'s error describes the problem without
+/// quoting the input, so no password leaks.
+fn malformed(text: &str, error: url::ParseError) -> PortError {
+    let backend = match text.split_once("://").map(|(scheme, _)| scheme) {
+        Some("postgres" | "postgresql" | "psql") => BackendKind::Postgres,
+        Some("mysql") => BackendKind::Mysql,
+        Some(scheme) if !scheme.is_empty() => return unsupported(scheme),
+        _ => {
+            return PortError::Config(format!(
+                "database URL is malformed ({error}); allowed: {ALLOWED}"
+            ));
+        }
+    };
+    PortError::Connect {
+        backend: backend.name(),
+        kind: ConnectErrorKind::InvalidUrl,
+        message: format!("malformed {} URL: {error}", backend.name()),
+        source: Some(Box::new(error)),
+    }
+}
+
 /// The error for a backend whose cargo feature is off.
-#[cfg(not(all(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 fn feature_off(kind: BackendKind) -> PortError {
     let backend = kind.name();
     PortError::Config(format!(
@@ -172,7 +194,8 @@ pub async fn create_database(server_url: &str, name: &str) -> Result<String, Por
             fib_flow_mysql::create_database(url.as_str(), name).await?;
             Ok(with_database(url, name))
         }
-        other => Err(feature_off_or_sqlite(other)),
+        // `server_of` has refused SQLite: this is a server backend whose feature is off.
+        other => Err(feature_off(other.kind())),
     }
 }
 
@@ -184,17 +207,8 @@ pub async fn drop_database(server_url: &str, name: &str) -> Result<(), PortError
         Target::Postgres(url) => fib_flow_postgres::drop_database(url.as_str(), name).await,
         #[cfg(feature = "mysql")]
         Target::Mysql(url) => fib_flow_mysql::drop_database(url.as_str(), name).await,
-        other => Err(feature_off_or_sqlite(other)),
+        other => Err(feature_off(other.kind())),
     }
-}
-
-/// The error for a server target whose backend is not compiled in ([`server_of`] has already
-/// refused SQLite).
-fn feature_off_or_sqlite(target: Target) -> PortError {
-    PortError::Config(format!(
-        "database backend `{}` is not compiled in: enable its feature of fib-flow",
-        target.kind().name()
-    ))
 }
 
 #[cfg(test)]
@@ -298,21 +312,39 @@ mod tests {
         assert!(message.contains("`redis`"), "{message}");
         assert!(message.contains("mysql://"), "{message}");
         assert!(!message.contains("secret"), "{message}");
-        let Err(PortError::Config(message)) = Target::parse("postgres://user:secret@[::1/db")
-        else {
+        let Err(PortError::Config(message)) = Target::parse("no scheme") else {
             panic!("expected a config error");
         };
-        assert!(!message.contains("secret"), "{message}");
         assert!(message.contains("sqlite::memory:"), "{message}");
         assert!(matches!(
             Target::parse("sqlite:"),
             Err(PortError::Config(_))
         ));
         assert!(matches!(Target::parse(""), Err(PortError::Config(_))));
-        assert!(matches!(
-            Target::parse("no scheme"),
-            Err(PortError::Config(_))
-        ));
+    }
+
+    #[test]
+    fn a_malformed_server_url_is_a_permanent_invalid_url_without_its_password() {
+        for text in [
+            "postgres://user:secret@[::1/db",
+            "mysql://user:secret@127.0.0.1:notaport/db",
+        ] {
+            let Err(error) = Target::parse(text) else {
+                panic!("{text} parsed");
+            };
+            assert!(
+                matches!(
+                    &error,
+                    PortError::Connect {
+                        kind: ConnectErrorKind::InvalidUrl,
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+            assert!(!error.is_transient());
+            assert!(!format!("{error:?}").contains("secret"), "{error:?}");
+        }
     }
 
     #[test]
