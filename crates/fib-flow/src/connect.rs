@@ -163,6 +163,7 @@ fn check_database_name(name: &str) -> Result<(), PortError> {
 
 /// `server` with its path (the database) replaced by `name`; user, password, host, port and
 /// query are kept as they are.
+#[cfg(any(feature = "postgres", feature = "mysql", test))]
 fn with_database(mut server: Url, name: &str) -> String {
     server.set_path(name);
     server.into()
