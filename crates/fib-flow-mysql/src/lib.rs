@@ -3,7 +3,7 @@
 //!
 //! Owns: the pool (`AsyncMysqlConnection`, mysql_async, no libmysqlclient), the session setup,
 //! the MySQL migrations (`migrations/mysql/`, embedded), database creation for test isolation
-//! and the statements MySQL says its own way ([`statements`](crate::statements)). Must not:
+//! and the statements MySQL says its own way (`statements.rs`). Must not:
 //! hold transaction logic (fib-flow-sql does).
 //!
 //! Every connection runs at READ COMMITTED: transitions lock their row `FOR UPDATE` and write

@@ -3,7 +3,7 @@
 //!
 //! Owns: the pool (`AsyncPgConnection`, tokio-postgres, no libpq), the PostgreSQL migrations
 //! (`migrations/postgres/`, embedded), database creation for test isolation, the statements
-//! PostgreSQL says its own way ([`statements`](crate::statements)) and wake-ups. Must not: hold
+//! PostgreSQL says its own way (`statements.rs`) and wake-ups. Must not: hold
 //! transaction logic (fib-flow-sql does) or parse URLs beyond handing them to the driver.
 //!
 //! Row locks: transitions read their row `FOR UPDATE`; claims use `FOR UPDATE SKIP LOCKED` so

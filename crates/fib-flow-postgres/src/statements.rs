@@ -350,9 +350,6 @@ const INSERT_EVENTS: &str = "INSERT INTO fib_flow_task_events (task_id, root_id,
 /// every count).
 async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResult<()> {
     use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
-    fn column<T>(rows: &[NewEventRow], get: impl Fn(&NewEventRow) -> T) -> Vec<T> {
-        rows.iter().map(get).collect()
-    }
     diesel::sql_query(INSERT_EVENTS)
         .bind::<Array<BigInt>, _>(column(&rows, |r| r.task_id))
         .bind::<Array<BigInt>, _>(column(&rows, |r| r.root_id))
