@@ -5,7 +5,7 @@
 //! drive time by hand), the handler contract ([`TaskHandler`], [`TaskHandle`], [`Outcome`]) and
 //! [`PortError`]. Mocks of the traits (mockall) are behind the `mocks` feature.
 //!
-//! Must not: implement storage or scheduling. Adapters (fib-flow-diesel) implement the store;
+//! Must not: implement storage or scheduling. Adapters (fib-flow-sql and its backend crates) implement the store;
 //! the runtime drives it. Depends only on the domain crate.
 
 mod clock;

@@ -179,7 +179,7 @@ impl std::ops::AddAssign for RetentionReport {
     }
 }
 
-/// Everything fib-flow persists. Implementations: one per backend (fib-flow-diesel).
+/// Everything fib-flow persists. Implementations: one per backend (fib-flow-sql over fib-flow-sqlite, -postgres, -mysql).
 ///
 /// Every method that changes more than one row does so in one transaction. Transitions are
 /// computed by [`fib_flow_domain::apply`] and written with its guard, so a concurrent change

@@ -32,8 +32,11 @@
 //! - `mysql`: MySQL 8 / MariaDB ≥ 10.6 (`mysql://`).
 //!
 //! This crate owns the user-facing `TaskManager` and re-exports; it holds no scheduling logic
-//! (fib-flow-runtime), no SQL (fib-flow-diesel) and no audit aggregation (fib-flow-audit).
+//! (fib-flow-runtime), no SQL (fib-flow-sql and the backend crates) and no audit aggregation
+//! (fib-flow-audit). It is the one place that maps a database URL to a backend crate.
 
+mod caller;
+mod connect;
 mod error;
 mod manager;
 pub mod testing;
@@ -51,8 +54,8 @@ pub mod prelude {
     };
 }
 
+pub use caller::CallerConnection;
 pub use error::{Error, ErrorKind, Result};
-pub use fib_flow_diesel::CallerConnection;
 pub use manager::TaskManager;
 
 pub use fib_flow_audit::{
@@ -108,7 +111,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Storage-level helpers (database creation for isolated test runs).
+/// Storage-level helpers: opening a store from a URL, and database creation for isolated test
+/// runs.
 pub mod storage {
-    pub use fib_flow_diesel::{StoreConfig, connect, create_database, drop_database};
+    pub use crate::connect::{connect, create_database, drop_database};
+    pub use fib_flow_sql::StoreConfig;
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use fib_flow_audit::{
     Audit, TaskAudit, TaskAuditOptions, WorkflowAudit, WorkflowAuditOptions, WorkflowSummary,
 };
-use fib_flow_diesel::{CallerConnection, StoreConfig};
 use fib_flow_domain::query::{
     AttemptQuery, DeleteFilter, EventQuery, Page, PageRequest, TagStat, TaskQuery,
 };
@@ -21,8 +20,11 @@ use fib_flow_ports::{
 };
 use fib_flow_runtime::clock::SystemClock;
 use fib_flow_runtime::{Engine, ManagerState, SweepReport, TaskInfo};
+use fib_flow_sql::StoreConfig;
 use serde_json::Value;
 
+use crate::caller::CallerConnection;
+use crate::connect::Target;
 use crate::error::{Error, Result};
 
 /// The longest [`TaskManager::wait_for_status`] goes without reading the task again when
@@ -30,13 +32,7 @@ use crate::error::{Error, Result};
 /// another process.
 const WAIT_BACKSTOP: Duration = Duration::from_millis(200);
 
-/// Schemes each backend accepts, for `db_type` checks.
-const BACKEND_SCHEMES: [(&str, &[&str]); 3] = [
-    ("sqlite", &["sqlite:"]),
-    ("postgres", &["postgres://", "postgresql://", "psql://"]),
-    ("mysql", &["mysql://"]),
-];
-
+/// Checks that `db_type`, when given, names the backend `db_connection` selects.
 fn check_db_type(options: &ManagerOptions) -> Result<(), DomainError> {
     let Some(db_type) = options.db_type.as_deref() else {
         return Ok(());
@@ -45,18 +41,16 @@ fn check_db_type(options: &ManagerOptions) -> Result<(), DomainError> {
         "psql" | "postgresql" => "postgres",
         other => other,
     };
-    let Some((_, schemes)) = BACKEND_SCHEMES.iter().find(|(name, _)| *name == backend) else {
+    if !["sqlite", "postgres", "mysql"].contains(&backend) {
         return Err(DomainError::InvalidOption {
             field: "db_type",
             reason: format!(
                 "`{db_type}` is not supported; allowed values are sqlite, postgres (psql), mysql"
             ),
         });
-    };
-    if schemes
-        .iter()
-        .any(|scheme| options.db_connection.starts_with(scheme))
-    {
+    }
+    let selected = Target::parse(&options.db_connection).map(|target| target.kind().name());
+    if selected.is_ok_and(|selected| selected == backend) {
         Ok(())
     } else {
         Err(DomainError::InvalidOption {
@@ -96,7 +90,7 @@ impl TaskManager {
     pub async fn with_clock(options: ManagerOptions, clock: Arc<dyn Clock>) -> Result<Self> {
         options.validate()?;
         check_db_type(&options)?;
-        let store = fib_flow_diesel::connect(StoreConfig {
+        let store = crate::connect::connect(StoreConfig {
             url: options.db_connection.clone(),
             pool_size: options.pool_size,
             acquire_timeout: options.acquire_timeout,

@@ -11,7 +11,7 @@ use fib_flow_ports::PortError;
 
 /// Fails with [`PortError::SchemaTooNew`] when `conn`'s database has an applied migration that
 /// `migrations` does not contain. Run it under the same lock as the migrations themselves.
-pub(crate) fn check_not_newer<DB, C>(
+pub fn check_not_newer<DB, C>(
     backend: &'static str,
     conn: &mut C,
     migrations: &EmbeddedMigrations,

@@ -1,47 +1,82 @@
-//! PostgreSQL backend: `AsyncPgConnection` (tokio-postgres, no libpq) in a deadpool pool.
-//!
-//! Row locks: transitions read their row `FOR UPDATE`; claims use `FOR UPDATE SKIP LOCKED` so
-//! concurrent workers take disjoint rows. Wake-ups: writes that leave a task pending and due
-//! call `pg_notify('fib_flow_tasks', '')` inside their transaction (delivered on commit); one
-//! dedicated listener connection per store (outside the pool, started on the first
-//! `wait_for_notification`) turns them into wake-ups and reconnects after errors.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! The statements PostgreSQL says its own way: row locks (`FOR UPDATE`, `SKIP LOCKED`), a
+//! batch's writes and a chunk of new tasks each in one statement over `unnest`ed arrays (fixed
+//! text, so prepared once per connection whatever the size), and NOTIFY.
 
 use diesel::prelude::*;
-use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
-};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use fib_flow_ports::{PortError, TaskStore};
-use futures_util::StreamExt;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use fib_flow_domain::NewTask;
+use fib_flow_sql::rows::{NewEventRow, TaskRow, TaskValues, created_event};
+use fib_flow_sql::schema::fib_flow_task_events as e;
+use fib_flow_sql::schema::fib_flow_tasks as t;
+use fib_flow_sql::write_plan::BatchWrite;
+use fib_flow_sql::{Connection, Statements, holds_lease, queries};
 
-use crate::StoreConfig;
-use crate::error::{connection_error, db_error, pool_error};
-use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
-use crate::schema::fib_flow_task_events as e;
-use crate::schema::fib_flow_tasks as t;
+use crate::{CHANNEL, Conn, Postgres};
 
-pub(crate) type Conn = AsyncPgConnection;
-pub(crate) type Db = diesel::pg::Pg;
-pub(crate) const BACKEND: &str = "postgres";
-/// `insert_created` writes a chunk of tasks, their events and the NOTIFY in one statement.
-const ONE_STATEMENT_INSERT: bool = true;
+impl Statements for Postgres {
+    type Conn = Conn;
 
-/// The PostgreSQL migrations, embedded at compile time.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+    const BACKEND: &'static str = "postgres";
 
-/// The NOTIFY channel for "a task became due".
-const CHANNEL: &str = "fib_flow_tasks";
+    /// `insert_created` writes a chunk of tasks, their events and the NOTIFY in one statement.
+    const ONE_STATEMENT_INSERT: bool = true;
 
-/// Serialises concurrent `migrate()` calls from several processes (arbitrary constant key).
-const MIGRATION_LOCK: i64 = 0x00f1_bf10_0001;
+    fn connection(conn: &mut Conn) -> Connection<'_> {
+        Connection::Postgres(conn)
+    }
+
+    async fn lock_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
+        lock_task(conn, id).await
+    }
+
+    async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
+        lock_tasks(conn, ids).await
+    }
+
+    async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> {
+        write_batch(conn, batch).await
+    }
+
+    async fn insert_created(
+        conn: &mut Conn,
+        tasks: &[NewTask],
+        notify: bool,
+    ) -> QueryResult<Vec<i64>> {
+        insert_created(conn, tasks, notify).await
+    }
+
+    async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {
+        insert_event_row(conn, row).await
+    }
+
+    async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResult<()> {
+        insert_event_rows(conn, rows).await
+    }
+
+    async fn select_claimable(
+        conn: &mut Conn,
+        names: &[String],
+        now: i64,
+        limit: i64,
+        lease: Option<&str>,
+    ) -> QueryResult<Vec<TaskRow>> {
+        select_claimable(conn, names, now, limit, lease).await
+    }
+
+    async fn heartbeat_row(
+        conn: &mut Conn,
+        task_id: i64,
+        attempt: i32,
+        worker_id: &str,
+        now: i64,
+    ) -> QueryResult<usize> {
+        queries::heartbeat_row(Connection::Postgres(conn), task_id, attempt, worker_id, now).await
+    }
+
+    async fn notify_due(conn: &mut Conn) -> QueryResult<()> {
+        notify_due(conn).await
+    }
+}
 
 async fn lock_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
     t::table
@@ -189,7 +224,7 @@ async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> 
         .get_result(conn)
         .await?;
     tracing::trace!(
-        backend = BACKEND,
+        backend = Postgres::BACKEND,
         rows = written.written,
         notified = written.notified,
         "batch written"
@@ -228,11 +263,7 @@ const INSERT_CREATED: &str = "WITH ins AS (INSERT INTO fib_flow_tasks (name, typ
 SELECT num.id, (SELECT count(*) FROM nt) AS notified FROM num ORDER BY num.id";
 
 /// New tasks, their `task_created` events and the due notification in one round trip.
-async fn insert_created(
-    conn: &mut Conn,
-    tasks: &[fib_flow_domain::NewTask],
-    notify: bool,
-) -> QueryResult<Vec<i64>> {
+async fn insert_created(conn: &mut Conn, tasks: &[NewTask], notify: bool) -> QueryResult<Vec<i64>> {
     use diesel::sql_types::{Array, BigInt, Binary, Bool, Double, Integer, Nullable, Text};
     let rows: Vec<TaskValues> = tasks.iter().map(TaskValues::from_new).collect();
     let rows = &rows[..];
@@ -240,7 +271,7 @@ async fn insert_created(
     // that is its own root).
     let events: Vec<NewEventRow> = tasks
         .iter()
-        .map(|task| crate::rows::created_event(task, fib_flow_domain::TaskId(0)))
+        .map(|task| created_event(task, fib_flow_domain::TaskId(0)))
         .collect();
     let roots: Vec<Option<i64>> = tasks.iter().map(|task| task.root_id.map(|r| r.0)).collect();
     let events = &events[..];
@@ -302,20 +333,6 @@ struct InsertedId {
     id: i64,
 }
 
-async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
-    ops::update_row_dsl(conn, write).await
-}
-
-async fn heartbeat_row(
-    conn: &mut Conn,
-    task_id: i64,
-    attempt: i32,
-    worker_id: &str,
-    now: i64,
-) -> QueryResult<usize> {
-    ops::heartbeat_row_dsl(conn, task_id, attempt, worker_id, now).await
-}
-
 async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {
     diesel::insert_into(e::table)
         .values(row)
@@ -333,9 +350,6 @@ const INSERT_EVENTS: &str = "INSERT INTO fib_flow_task_events (task_id, root_id,
 /// every count).
 async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResult<()> {
     use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
-    fn column<T>(rows: &[NewEventRow], get: impl Fn(&NewEventRow) -> T) -> Vec<T> {
-        rows.iter().map(get).collect()
-    }
     diesel::sql_query(INSERT_EVENTS)
         .bind::<Array<BigInt>, _>(column(&rows, |r| r.task_id))
         .bind::<Array<BigInt>, _>(column(&rows, |r| r.root_id))
@@ -354,30 +368,6 @@ async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResu
         .map(|_| ())
 }
 
-const INSERT_ATTEMPTS: &str = "INSERT INTO fib_flow_task_attempts (task_id, attempt, \
-    worker_id, started_at, ended_at, outcome, error, timeout_flag) \
-    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], \
-        $6::text[], $7::text[], $8::bool[])";
-
-async fn insert_attempt_rows(conn: &mut Conn, rows: Vec<NewAttemptRow>) -> QueryResult<()> {
-    use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
-    fn column<T>(rows: &[NewAttemptRow], get: impl Fn(&NewAttemptRow) -> T) -> Vec<T> {
-        rows.iter().map(get).collect()
-    }
-    diesel::sql_query(INSERT_ATTEMPTS)
-        .bind::<Array<BigInt>, _>(column(&rows, |r| r.task_id))
-        .bind::<Array<Integer>, _>(column(&rows, |r| r.attempt))
-        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.worker_id.clone()))
-        .bind::<Array<BigInt>, _>(column(&rows, |r| r.started_at))
-        .bind::<Array<Nullable<BigInt>>, _>(column(&rows, |r| r.ended_at))
-        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.outcome.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.error.clone()))
-        .bind::<Array<Bool>, _>(column(&rows, |r| r.timeout_flag))
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
 /// The claim must walk `idx_tasks_claim` in order and stop after `limit` rows, whatever the
 /// statistics say. Right after a bulk enqueue into a young table they say the queue is nearly
 /// empty, and the planner then fetches every due row and sorts them (40 ms per claim at
@@ -391,10 +381,10 @@ async fn select_claimable(
 ) -> QueryResult<Vec<TaskRow>> {
     conn.batch_execute("SET LOCAL enable_sort = off").await?;
     t::table
-        .filter(crate::orchestration::is_pending())
+        .filter(queries::is_pending())
         .filter(t::next_run_time.le(now))
         .filter(t::name.eq_any(names))
-        .filter(crate::orchestration::holds_lease!(lease))
+        .filter(holds_lease!(lease))
         .order((t::priority.desc(), t::next_run_time.asc(), t::id.asc()))
         .limit(limit)
         .select(TaskRow::as_select())
@@ -410,252 +400,4 @@ async fn notify_due(conn: &mut Conn) -> QueryResult<()> {
         .execute(conn)
         .await
         .map(|_| ())
-}
-
-crate::orchestration::store_ops!();
-
-/// The PostgreSQL [`TaskStore`].
-pub(crate) struct PgStore {
-    pool: Pool<Conn>,
-    url: String,
-    wake: Arc<Notify>,
-    listener: std::sync::Mutex<Option<JoinHandle<()>>>,
-}
-
-impl PgStore {
-    async fn conn(&self) -> Result<Object<Conn>, PortError> {
-        self.pool.get().await.map_err(|e| pool_error(BACKEND, e))
-    }
-
-    /// PostgreSQL locks rows; there is no process-wide writer lock.
-    async fn write_guard(&self) -> Result<(), PortError> {
-        Ok(())
-    }
-
-    async fn run_migrations(&self) -> Result<(), PortError> {
-        let mut conn = Conn::establish(&self.url)
-            .await
-            .map_err(|e| connection_error(BACKEND, e))?;
-        conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
-            .await
-            .map_err(|e| db_error(BACKEND, e))?;
-        // Sync diesel_migrations over the async connection, on a blocking thread so it works
-        // on any runtime flavour.
-        tokio::task::spawn_blocking(move || {
-            let mut wrapper: AsyncConnectionWrapper<Conn> = AsyncConnectionWrapper::from(conn);
-            let outcome =
-                crate::schema_version::check_not_newer(BACKEND, &mut wrapper, &MIGRATIONS)
-                    .and_then(|()| {
-                        wrapper
-                            .run_pending_migrations(MIGRATIONS)
-                            .map(|_| ())
-                            .map_err(|e| {
-                                PortError::Config(format!("{BACKEND} migration failed: {e}"))
-                            })
-                    });
-            let _ = diesel::connection::SimpleConnection::batch_execute(
-                &mut wrapper,
-                &format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"),
-            );
-            outcome
-        })
-        .await
-        .map_err(|e| PortError::Config(format!("postgres migration task failed: {e}")))?
-    }
-
-    async fn wait_notification(&self) {
-        self.ensure_listener();
-        self.wake.notified().await
-    }
-
-    fn ensure_listener(&self) {
-        let Ok(mut listener) = self.listener.lock() else {
-            return;
-        };
-        if listener.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        let url = self.url.clone();
-        let wake = self.wake.clone();
-        *listener = Some(tokio::spawn(listen(url, wake)));
-    }
-
-    async fn shutdown(&self) {
-        if let Ok(mut listener) = self.listener.lock()
-            && let Some(handle) = listener.take()
-        {
-            handle.abort();
-        }
-        self.pool.close();
-    }
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        if let Ok(mut listener) = self.listener.lock()
-            && let Some(handle) = listener.take()
-        {
-            handle.abort();
-        }
-    }
-}
-
-/// The listener loop: LISTEN on a dedicated connection, wake a waiter per notification,
-/// reconnect after any error. A reconnect also wakes a waiter: notifications sent while
-/// disconnected are lost, so the runtime should look for work.
-async fn listen(url: String, wake: Arc<Notify>) {
-    let mut first = true;
-    loop {
-        match Conn::establish(&url).await {
-            Ok(mut conn) => {
-                match diesel::sql_query(format!("LISTEN {CHANNEL}"))
-                    .execute(&mut conn)
-                    .await
-                {
-                    Ok(_) => {
-                        if !first {
-                            wake.notify_one();
-                        }
-                        first = false;
-                        let mut stream = std::pin::pin!(conn.notifications_stream());
-                        while let Some(item) = stream.next().await {
-                            match item {
-                                Ok(_) => wake.notify_one(),
-                                Err(error) => {
-                                    tracing::warn!(backend = BACKEND, %error, "notification listener failed; reconnecting");
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(backend = BACKEND, %error, "LISTEN failed; retrying");
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(backend = BACKEND, %error, "notification listener cannot connect; retrying");
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-crate::orchestration::impl_task_store!(PgStore, transaction);
-
-/// Opens a PostgreSQL store.
-pub(crate) async fn connect(
-    url: String,
-    config: &StoreConfig,
-) -> Result<Arc<dyn TaskStore>, PortError> {
-    // `Fast` recycling: no test query on every checkout (a round trip per transaction).
-    // tokio-postgres notices a connection the server closed as soon as it happens (its
-    // connection task ends), so the pool drops it as broken before handing it out.
-    let mut manager_config = ManagerConfig::<Conn>::default();
-    manager_config.recycling_method = RecyclingMethod::Fast;
-    let manager =
-        AsyncDieselConnectionManager::<Conn>::new_with_config(url.clone(), manager_config);
-    let pool = Pool::builder(manager)
-        .max_size(config.pool_size.max(1))
-        .wait_timeout(Some(config.acquire_timeout))
-        .create_timeout(Some(config.acquire_timeout))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| PortError::Config(format!("postgres pool: {e}")))?;
-    let store = PgStore {
-        pool,
-        url,
-        wake: Arc::new(Notify::new()),
-        listener: std::sync::Mutex::new(None),
-    };
-    // Fail fast on an unreachable server rather than at the first query.
-    probe(&store.url).await?;
-    Ok(Arc::new(store))
-}
-
-/// The error's text followed by its causes (`outer: inner: root`).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// Connects once with tokio-postgres directly: diesel-async turns a failed connect into text
-/// without its cause ("error connecting to server", "invalid configuration") and without the
-/// SQLSTATE, which is what tells a wrong password (permanent) from a refused socket
-/// (transient).
-async fn probe(url: &str) -> Result<(), PortError> {
-    use fib_flow_ports::ConnectErrorKind;
-    use tokio_postgres::error::SqlState;
-    let config: tokio_postgres::Config =
-        url.parse()
-            .map_err(|error: tokio_postgres::Error| PortError::Connect {
-                backend: BACKEND,
-                kind: ConnectErrorKind::InvalidUrl,
-                message: error_chain(&error),
-                source: Some(Box::new(error)),
-            })?;
-    match config.connect(tokio_postgres::NoTls).await {
-        Ok((client, connection)) => {
-            let driver = tokio::spawn(connection);
-            // Dropping the client ends the session cleanly; the driver task then finishes.
-            drop(client);
-            let _ = driver.await;
-            Ok(())
-        }
-        Err(error) => {
-            let message = error_chain(&error);
-            let kind = match error.code() {
-                Some(code) if code.code().starts_with("28") => {
-                    Some(ConnectErrorKind::Authentication)
-                }
-                Some(code) if *code == SqlState::INVALID_CATALOG_NAME => {
-                    Some(ConnectErrorKind::UnknownDatabase)
-                }
-                _ => None,
-            };
-            Err(match kind {
-                Some(kind) => PortError::Connect {
-                    backend: BACKEND,
-                    kind,
-                    message,
-                    source: Some(Box::new(error)),
-                },
-                None => PortError::Unavailable {
-                    backend: BACKEND,
-                    message,
-                },
-            })
-        }
-    }
-}
-
-/// `CREATE DATABASE name` on the server; returns the new database's URL.
-pub(crate) async fn create_database(server_url: &str, name: &str) -> Result<String, PortError> {
-    let mut conn = Conn::establish(server_url)
-        .await
-        .map_err(|e| connection_error(BACKEND, e))?;
-    conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .map_err(|e| db_error(BACKEND, e))?;
-    crate::with_database(server_url, name)
-}
-
-/// `DROP DATABASE IF EXISTS name WITH (FORCE)`: lingering connections (a listener, a killed
-/// test's pool) must not keep a test database alive.
-pub(crate) async fn drop_database(server_url: &str, name: &str) -> Result<(), PortError> {
-    let mut conn = Conn::establish(server_url)
-        .await
-        .map_err(|e| connection_error(BACKEND, e))?;
-    conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .map_err(|e| db_error(BACKEND, e))
 }

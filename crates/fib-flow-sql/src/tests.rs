@@ -1,4 +1,4 @@
-//! Unit tests: URL parsing and row mapping.
+//! Unit tests: row mapping and error mapping.
 
 use std::time::Duration;
 
@@ -12,98 +12,8 @@ use serde_json::{Value, json};
 use crate::rows::{
     TaskRow, TaskValues, child_result, created_event, json_from_text, json_to_text, normalized,
 };
-use crate::{StoreConfig, Target, check_database_name, parse_url, with_database};
 
-#[test]
-fn urls_pick_the_backend() {
-    assert_eq!(
-        parse_url("sqlite::memory:").ok(),
-        Some(Target::SqliteMemory)
-    );
-    assert_eq!(
-        parse_url("sqlite://:memory:").ok(),
-        Some(Target::SqliteMemory)
-    );
-    assert_eq!(
-        parse_url("sqlite:/tmp/a.db").ok(),
-        Some(Target::SqliteFile("/tmp/a.db".into()))
-    );
-    assert_eq!(
-        parse_url("sqlite:///tmp/a.db").ok(),
-        Some(Target::SqliteFile("/tmp/a.db".into()))
-    );
-    assert_eq!(
-        parse_url("sqlite://rel.db").ok(),
-        Some(Target::SqliteFile("rel.db".into()))
-    );
-    assert_eq!(
-        parse_url("postgres://u@h/db").ok(),
-        Some(Target::Postgres("postgres://u@h/db".into()))
-    );
-    assert_eq!(
-        parse_url("postgresql://u@h/db").ok(),
-        Some(Target::Postgres("postgresql://u@h/db".into()))
-    );
-    assert_eq!(
-        parse_url("psql://u:p@h:5432/db").ok(),
-        Some(Target::Postgres("postgres://u:p@h:5432/db".into()))
-    );
-    assert_eq!(
-        parse_url("mysql://root@h/db").ok(),
-        Some(Target::Mysql("mysql://root@h/db".into()))
-    );
-}
-
-#[test]
-fn unknown_schemes_name_the_scheme_not_the_password() {
-    let Err(PortError::Config(message)) = parse_url("redis://user:secret@host/0") else {
-        panic!("expected a config error");
-    };
-    assert!(message.contains("`redis`"), "{message}");
-    assert!(message.contains("mysql://"), "{message}");
-    assert!(!message.contains("secret"), "{message}");
-    assert!(matches!(parse_url("sqlite:"), Err(PortError::Config(_))));
-    assert!(matches!(parse_url(""), Err(PortError::Config(_))));
-}
-
-#[tokio::test]
-async fn connect_rejects_unknown_schemes_and_disabled_backends() {
-    let Err(error) = crate::connect(StoreConfig::new("mongodb://x")).await else {
-        panic!("expected an error");
-    };
-    assert!(matches!(error, PortError::Config(_)), "{error}");
-    #[cfg(not(feature = "postgres"))]
-    {
-        let Err(PortError::Config(message)) =
-            crate::connect(StoreConfig::new("postgres://x/y")).await
-        else {
-            panic!("expected a config error");
-        };
-        assert!(message.contains("`postgres` feature"), "{message}");
-    }
-}
-
-#[test]
-fn database_names_and_urls() {
-    assert!(check_database_name("ff_test_1").is_ok());
-    assert!(check_database_name("").is_err());
-    assert!(check_database_name("a;drop").is_err());
-    assert!(check_database_name("a-b").is_err());
-    assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5432/test", "x").ok(),
-        Some("postgres://postgres@127.0.0.1:5432/x".into())
-    );
-    assert_eq!(
-        with_database("mysql://root@h:3306", "x").ok(),
-        Some("mysql://root@h:3306/x".into())
-    );
-    assert_eq!(
-        with_database("postgres://h/db?sslmode=disable", "x").ok(),
-        Some("postgres://h/x?sslmode=disable".into())
-    );
-}
-
-fn sample_task() -> Task {
+pub(crate) fn sample_task() -> Task {
     Task {
         id: TaskId(42),
         name: "n".into(),
@@ -148,7 +58,7 @@ fn sample_task() -> Task {
     }
 }
 
-fn row_of(task: &Task) -> TaskRow {
+pub(crate) fn row_of(task: &Task) -> TaskRow {
     let v = TaskValues::from_task(task);
     TaskRow {
         id: task.id.0,
@@ -458,75 +368,5 @@ fn connect_failures_are_permanent_only_when_retrying_cannot_help() {
     ] {
         let mapped = crate::error::connection_error("mysql", transient);
         assert!(mapped.is_transient(), "{mapped}");
-    }
-}
-
-#[cfg(feature = "sqlite")]
-fn fresh_sqlite_dir(label: &str) -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("ff_{label}_{}_{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-#[cfg(feature = "sqlite")]
-#[tokio::test]
-async fn an_unopenable_sqlite_path_is_a_permanent_error() {
-    let dir = fresh_sqlite_dir("unopenable");
-    let url = format!(
-        "sqlite:{}",
-        dir.join("missing").join("sub").join("t.db").display()
-    );
-    let error = match crate::connect(StoreConfig::new(url)).await {
-        Ok(_) => panic!("opened a file in a missing directory"),
-        Err(error) => error,
-    };
-    assert!(
-        matches!(
-            error,
-            PortError::Connect {
-                kind: fib_flow_ports::ConnectErrorKind::Unopenable,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-    assert!(!error.is_transient());
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Several stores (each with its own pool and writer lock, like separate processes) opening
-/// and migrating one fresh file at the same instant: all must succeed. Before busy_timeout was
-/// set ahead of the WAL switch and migrations took the write lock up front, most of them
-/// failed with "database is locked" or "table already exists".
-#[cfg(feature = "sqlite")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_stores_opening_one_fresh_file_at_once_all_succeed() {
-    const OPENERS: usize = 6;
-    for round in 0..4 {
-        let dir = fresh_sqlite_dir(&format!("openers{round}"));
-        let url = format!("sqlite:{}", dir.join("tasks.db").display());
-        let start = std::sync::Arc::new(tokio::sync::Barrier::new(OPENERS));
-        let openers: Vec<_> = (0..OPENERS)
-            .map(|_| {
-                let url = url.clone();
-                let start = start.clone();
-                tokio::spawn(async move {
-                    start.wait().await;
-                    let store = crate::connect(StoreConfig::new(url)).await?;
-                    store.migrate().await?;
-                    store.close().await;
-                    Ok::<(), PortError>(())
-                })
-            })
-            .collect();
-        for (n, opener) in openers.into_iter().enumerate() {
-            let outcome = opener.await.expect("opener task");
-            assert!(outcome.is_ok(), "round {round}, opener {n}: {outcome:?}");
-        }
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,8 +1,7 @@
 //! Store-level test harness: runs one test body against every backend, each in its own fresh
 //! database (SQLite in memory, a SQLite temp file, and — when the servers answer — a database
-//! created for the test on PostgreSQL and MySQL/MariaDB, dropped afterwards).
-
-#![allow(dead_code)]
+//! created for the test on PostgreSQL and MySQL/MariaDB, dropped afterwards). The stores come
+//! from `fib_flow::storage::connect`, the way the facade opens them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,28 +9,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fib_flow_diesel::{StoreConfig, connect};
+use fib_flow::storage::{StoreConfig, connect};
 use fib_flow_domain::time::from_millis;
 use fib_flow_domain::{NewTask, RetryBackoff, TaskId, TaskType};
 use fib_flow_ports::TaskStore;
 use serde_json::Value;
 
-/// Which database a test runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    SqliteMemory,
-    SqliteFile,
-    Postgres,
-    Mysql,
-}
+pub use fib_flow_test_support::Backend;
+use fib_flow_test_support::{FacadeAdmin, TestDatabase};
 
+/// A test body, run once per backend.
 pub type Body = fn(Ctx) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What a test body gets: the store, and the URL (to open a second store on the same DB).
 #[derive(Clone)]
 pub struct Ctx {
+    /// The backend under test.
     pub backend: Backend,
+    /// The migrated store.
     pub store: Arc<dyn TaskStore>,
+    /// The database's URL.
     pub url: String,
 }
 
@@ -50,90 +47,31 @@ fn config(url: &str) -> StoreConfig {
     }
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn unique(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let short: String = test
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(20)
-        .collect();
-    format!(
-        "ffd_{short}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
-    .to_lowercase()
-}
-
-/// Runs `body` on `backend`, or says why it is skipped.
+/// Runs `body` on `backend` in a database of its own (fib-flow-test-support's), or says why
+/// it is skipped.
 pub async fn run(backend: Backend, test: &str, body: Body) {
-    let name = unique(test);
-    let (url, server, dir) = match backend {
-        Backend::SqliteMemory => ("sqlite::memory:".to_owned(), None, None),
-        Backend::SqliteFile => {
-            let dir = std::env::temp_dir().join(&name);
-            std::fs::create_dir_all(&dir).expect("temp dir");
-            (
-                format!("sqlite:{}", dir.join("tasks.db").display()),
-                None,
-                Some(dir),
-            )
+    let database = match TestDatabase::create(FacadeAdmin, backend, test).await {
+        Ok(database) => database,
+        Err(skip) if skip.is_skip() => {
+            eprintln!("skipped {test}: {skip}");
+            return;
         }
-        Backend::Postgres | Backend::Mysql => {
-            let (env, default, skip) = if backend == Backend::Postgres {
-                (
-                    "FIB_FLOW_POSTGRES_URL",
-                    "postgres://postgres@127.0.0.1:5432/test",
-                    "FIB_FLOW_SKIP_POSTGRES",
-                )
-            } else {
-                (
-                    "FIB_FLOW_MYSQL_URL",
-                    "mysql://root@127.0.0.1:3306/test",
-                    "FIB_FLOW_SKIP_MYSQL",
-                )
-            };
-            if let Ok(reason) = std::env::var(skip) {
-                assert!(!in_ci(), "CI=true but {backend:?} is skipped: {reason}");
-                eprintln!("skipped {test} on {backend:?}: {reason}");
-                return;
-            }
-            let server = std::env::var(env).unwrap_or_else(|_| default.to_owned());
-            match fib_flow_diesel::create_database(&server, &name).await {
-                Ok(url) => (url, Some(server), None),
-                Err(error) if !in_ci() => {
-                    eprintln!("skipped {test} on {backend:?}: {error}");
-                    return;
-                }
-                Err(error) => panic!("CI=true and {backend:?} is unusable: {error}"),
-            }
-        }
+        Err(error) => panic!("{test}: {error}"),
     };
+    let url = database.url().to_owned();
     let store = connect(config(&url)).await.expect("connect");
     store.migrate().await.expect("migrate");
     let ctx = Ctx {
         backend,
         store: store.clone(),
-        url: url.clone(),
+        url,
     };
     // Run the body in its own task so a panic still lets us clean up.
     let outcome = tokio::spawn(body(ctx)).await;
     store.close().await;
     drop(store);
-    if let Some(server) = server
-        && let Err(error) = fib_flow_diesel::drop_database(&server, &name).await
-    {
-        eprintln!("could not drop {name}: {error}");
-    }
-    if let Some(dir) = dir {
-        let _ = std::fs::remove_dir_all(dir);
+    if let Err(error) = database.destroy().await {
+        eprintln!("{error}");
     }
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic.into_panic());
@@ -141,10 +79,11 @@ pub async fn run(backend: Backend, test: &str, body: Body) {
 }
 
 /// Declares one `#[tokio::test]` per backend for an `async fn body(ctx: Ctx)`.
+#[macro_export]
 macro_rules! store_test {
     ($body:ident) => {
         mod $body {
-            use super::common::{Backend, run};
+            use fib_flow_store_test::{Backend, run};
 
             #[cfg(feature = "sqlite")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,11 @@
-//! SQLite backend: `SyncConnectionWrapper<SqliteConnection>` in a deadpool pool.
+//! fib-flow's SQLite store: [`connect`] opens a file or a fresh in-memory database and
+//! returns the shared [`SqlStore`] over [`Sqlite`], this crate's statements.
+//!
+//! Owns: the SQLite connection setup (pragmas, WAL), the pool, the SQLite migrations
+//! (`migrations/sqlite/`, embedded) and the few statements SQLite says its own way: no row
+//! locks (`BEGIN IMMEDIATE` already excludes other writers), multi-row inserts on the blocking
+//! pool, RETURNING. Must not: hold transaction logic (fib-flow-sql does) or know other
+//! backends.
 //!
 //! SQLite allows one writer at a time. Every write goes through one in-process async mutex
 //! (so this process's writers queue instead of spinning on `SQLITE_BUSY`) and runs in
@@ -14,168 +21,52 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use diesel::SqliteConnection;
 use diesel::prelude::*;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use fib_flow_ports::{PortError, TaskStore};
+pub use fib_flow_sql::SqliteConnection as Conn;
+use fib_flow_sql::error::{TxError, connection_error, db_error, is_transient_text, pool_error};
+use fib_flow_sql::{Backend, SqlStore, Statements, StoreConfig, TxFuture};
 
-use crate::StoreConfig;
-use crate::error::{connection_error, pool_error};
-use crate::rows::{BatchWrite, NewAttemptRow, NewEventRow, RowWrite, TaskRow, TaskValues};
-use crate::schema::fib_flow_task_attempts as a;
-use crate::schema::fib_flow_task_events as e;
-use crate::schema::fib_flow_tasks as t;
-
-pub(crate) type Conn = SyncConnectionWrapper<SqliteConnection>;
-pub(crate) type Db = diesel::sqlite::Sqlite;
-pub(crate) const BACKEND: &str = "sqlite";
-/// A chunk of new tasks takes several statements here, so it runs in a transaction.
-const ONE_STATEMENT_INSERT: bool = false;
+mod statements;
 
 /// The SQLite migrations, embedded at compile time.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 
-/// SQLite has no row locks; `BEGIN IMMEDIATE` already excludes other writers.
-async fn lock_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
-    t::table
-        .find(id)
-        .select(TaskRow::as_select())
-        .first(conn)
-        .await
-        .optional()
-}
-
-/// The rows of a batch, in ascending id order (`BEGIN IMMEDIATE` already excludes other writers).
-async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
-    t::table
-        .filter(t::id.eq_any(ids))
-        .order(t::id.asc())
-        .select(TaskRow::as_select())
-        .load(conn)
-        .await
-}
-
-async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> {
-    ops::write_batch_each(conn, batch).await
-}
-
-/// Every row in one hop to the blocking pool (SQLite statements are cheap; the hop is not).
-async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<Vec<i64>> {
-    let rows = rows.to_vec();
-    conn.spawn_blocking(move |c| {
-        rows.iter()
-            .map(|row| {
-                diesel::RunQueryDsl::get_result(
-                    diesel::insert_into(t::table).values(row).returning(t::id),
-                    c,
-                )
-            })
-            .collect()
-    })
-    .await
-}
-
-crate::orchestration::insert_created_each!();
-
-async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
-    ops::update_row_dsl(conn, write).await
-}
-
-async fn heartbeat_row(
-    conn: &mut Conn,
-    task_id: i64,
-    attempt: i32,
-    worker_id: &str,
-    now: i64,
-) -> QueryResult<usize> {
-    ops::heartbeat_row_dsl(conn, task_id, attempt, worker_id, now).await
-}
-
-async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {
-    diesel::insert_into(e::table)
-        .values(row)
-        .returning(e::id)
-        .get_result(conn)
-        .await
-}
-
-/// Multi-row inserts run on the wrapped sync connection: diesel's single-statement SQLite
-/// batch insert is only wired up for the sync `SqliteConnection`.
-async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResult<()> {
-    conn.spawn_blocking(move |c| {
-        diesel::RunQueryDsl::execute(diesel::insert_into(e::table).values(&rows), c).map(|_| ())
-    })
-    .await
-}
-
-async fn insert_attempt_rows(conn: &mut Conn, rows: Vec<NewAttemptRow>) -> QueryResult<()> {
-    conn.spawn_blocking(move |c| {
-        diesel::RunQueryDsl::execute(diesel::insert_into(a::table).values(&rows), c).map(|_| ())
-    })
-    .await
-}
-
-async fn select_claimable(
-    conn: &mut Conn,
-    names: &[String],
-    now: i64,
-    limit: i64,
-    lease: Option<&str>,
-) -> QueryResult<Vec<TaskRow>> {
-    t::table
-        .filter(crate::orchestration::is_pending())
-        .filter(t::next_run_time.le(now))
-        .filter(t::name.eq_any(names))
-        .filter(crate::orchestration::holds_lease!(lease))
-        .order((t::priority.desc(), t::next_run_time.asc(), t::id.asc()))
-        .limit(limit)
-        .select(TaskRow::as_select())
-        .load(conn)
-        .await
-}
-
-/// Nothing to notify: other processes on the same file poll.
-async fn notify_due(_conn: &mut Conn) -> QueryResult<()> {
-    Ok(())
-}
-
-crate::orchestration::store_ops!();
-
-/// The SQLite [`TaskStore`].
-pub(crate) struct SqliteStore {
+/// The SQLite backend: its pool, and its statements (see [`Statements`]).
+pub struct Sqlite {
     pool: Pool<Conn>,
-    writer: tokio::sync::Mutex<()>,
-    acquire_timeout: std::time::Duration,
     /// Keeps a shared in-memory database alive (None for files and after close).
     keepalive: std::sync::Mutex<Option<Conn>>,
 }
 
-impl SqliteStore {
-    async fn conn(&self) -> Result<Object<Conn>, PortError> {
-        self.pool.get().await.map_err(|e| pool_error(BACKEND, e))
-    }
+impl Backend for Sqlite {
+    type Pooled = Object<Conn>;
 
-    /// The single-writer lock. Waiting is bounded like a pool checkout, so a stuck writer
-    /// surfaces as a transient fault instead of hanging every other write.
-    async fn write_guard(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, PortError> {
-        tokio::time::timeout(self.acquire_timeout, self.writer.lock())
+    const SINGLE_WRITER: bool = true;
+
+    async fn checkout(&self) -> Result<Object<Conn>, PortError> {
+        self.pool
+            .get()
             .await
-            .map_err(|_| PortError::Unavailable {
-                backend: BACKEND,
-                message: format!(
-                    "timed out after {:?} waiting for the SQLite write lock",
-                    self.acquire_timeout
-                ),
-            })
+            .map_err(|e| pool_error(Self::BACKEND, e))
     }
 
-    async fn run_migrations(&self) -> Result<(), PortError> {
-        let _writer = self.write_guard().await?;
-        let mut conn = self.conn().await?;
+    /// `BEGIN IMMEDIATE`: take the write lock up front instead of upgrading mid-transaction.
+    async fn transaction<'c, R, F>(conn: &'c mut Conn, body: F) -> Result<R, TxError>
+    where
+        R: Send + 'c,
+        F: for<'r> FnOnce(&'r mut Conn) -> TxFuture<'r, R> + Send + 'c,
+    {
+        conn.immediate_transaction(async move |c| body(c).await)
+            .await
+    }
+
+    async fn migrate(&self) -> Result<(), PortError> {
+        let mut conn = self.checkout().await?;
         // spawn_blocking rather than AsyncMigrationHarness: it works on a current-thread
         // runtime too. Everything runs in one `BEGIN IMMEDIATE` transaction: it takes the
         // file's write lock (waiting `busy_timeout` for other processes) before reading which
@@ -186,7 +77,11 @@ impl SqliteStore {
             .spawn_blocking(|c| {
                 let mut outcome = Ok(());
                 let tx = c.immediate_transaction(|c| {
-                    outcome = crate::schema_version::check_not_newer(BACKEND, c, &MIGRATIONS);
+                    outcome = fib_flow_sql::schema_version::check_not_newer(
+                        Self::BACKEND,
+                        c,
+                        &MIGRATIONS,
+                    );
                     if outcome.is_err() {
                         return Ok(());
                     }
@@ -200,26 +95,25 @@ impl SqliteStore {
             .map_err(|e| PortError::Config(format!("sqlite migration failed: {e}")))?;
         let (tx, outcome) = outcome;
         outcome?;
-        tx.map_err(|e| match crate::error::db_error(BACKEND, e) {
+        tx.map_err(|e| match db_error(Self::BACKEND, e) {
             // Another process held the write lock for longer than busy_timeout: retryable.
             transient @ PortError::Unavailable { .. } => transient,
             other => PortError::Config(format!("sqlite migration failed: {other}")),
         })
     }
 
-    async fn wait_notification(&self) {
+    /// Nothing to wait for: other processes on the same file are found by polling.
+    async fn wait_for_notification(&self) {
         std::future::pending::<()>().await
     }
 
-    async fn shutdown(&self) {
+    async fn close(&self) {
         self.pool.close();
         if let Ok(mut keepalive) = self.keepalive.lock() {
             keepalive.take();
         }
     }
 }
-
-crate::orchestration::impl_task_store!(SqliteStore, immediate_transaction);
 
 /// A shared-cache in-memory database URI unique to this process and call.
 fn memory_uri() -> String {
@@ -258,9 +152,7 @@ async fn open(url: &str, file: bool) -> ConnectionResult<Conn> {
             tries += 1;
             match conn.batch_execute("PRAGMA journal_mode = WAL;").await {
                 Ok(()) => break,
-                Err(error)
-                    if tries < WAL_TRIES && crate::error::is_transient_text(&error.to_string()) =>
-                {
+                Err(error) if tries < WAL_TRIES && is_transient_text(&error.to_string()) => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
                 Err(error) => {
@@ -272,8 +164,12 @@ async fn open(url: &str, file: bool) -> ConnectionResult<Conn> {
     Ok(conn)
 }
 
-/// Opens a SQLite store: `path` is a file path, or `None` for a fresh in-memory database.
-pub(crate) async fn connect(
+/// Opens a SQLite store: `path` is a file path, or `None` for a fresh in-memory database. No
+/// schema changes: call [`TaskStore::migrate`].
+///
+/// Errors: [`PortError::Connect`] for a file that cannot be opened or created,
+/// [`PortError::Unavailable`] when another process holds the file's lock for too long.
+pub async fn connect(
     path: Option<String>,
     config: &StoreConfig,
 ) -> Result<Arc<dyn TaskStore>, PortError> {
@@ -285,7 +181,7 @@ pub(crate) async fn connect(
         Some(
             open(&url, false)
                 .await
-                .map_err(|e| connection_error(BACKEND, e))?,
+                .map_err(|e| connection_error(Sqlite::BACKEND, e))?,
         )
     };
     let mut manager_config = ManagerConfig::<Conn>::default();
@@ -302,13 +198,11 @@ pub(crate) async fn connect(
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| PortError::Config(format!("sqlite pool: {e}")))?;
-    let store = SqliteStore {
+    let backend = Sqlite {
         pool,
-        writer: tokio::sync::Mutex::new(()),
-        acquire_timeout: config.acquire_timeout,
         keepalive: std::sync::Mutex::new(keepalive),
     };
     // Fail fast on an unopenable file rather than at the first query.
-    drop(store.conn().await?);
-    Ok(Arc::new(store))
+    drop(backend.checkout().await?);
+    Ok(Arc::new(SqlStore::new(backend, config.acquire_timeout)))
 }

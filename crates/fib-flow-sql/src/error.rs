@@ -10,9 +10,12 @@ use crate::rows::DecodeError;
 /// mapped later), or a port error decided inside the transaction (not found, stale, rejected),
 /// which also rolls it back.
 #[derive(Debug)]
-pub(crate) enum TxError {
+pub enum TxError {
+    /// A statement failed.
     Db(diesel::result::Error),
+    /// The operation's own verdict (not found, stale, rejected).
     Port(PortError),
+    /// A stored value did not decode.
     Decode(DecodeError),
 }
 
@@ -35,7 +38,8 @@ impl From<DecodeError> for TxError {
 }
 
 impl TxError {
-    pub(crate) fn into_port(self, backend: &'static str) -> PortError {
+    /// The port error this becomes at the store's boundary.
+    pub fn into_port(self, backend: &'static str) -> PortError {
         match self {
             TxError::Db(error) => db_error(backend, error),
             TxError::Port(error) => error,
@@ -46,7 +50,7 @@ impl TxError {
 
 /// A domain verdict on a command: a stale fence is [`PortError::Stale`], anything else
 /// [`PortError::Rejected`].
-pub(crate) fn domain_error(error: DomainError) -> PortError {
+pub fn domain_error(error: DomainError) -> PortError {
     match error {
         DomainError::StaleAttempt {
             task_id, attempt, ..
@@ -55,7 +59,8 @@ pub(crate) fn domain_error(error: DomainError) -> PortError {
     }
 }
 
-pub(crate) fn decode_error(backend: &'static str, error: DecodeError) -> PortError {
+/// A stored value that does not decode, as a database error naming it.
+pub fn decode_error(backend: &'static str, error: DecodeError) -> PortError {
     PortError::Database {
         backend,
         message: format!("malformed stored data: {}", error.0),
@@ -82,7 +87,7 @@ const TRANSIENT: &[&str] = &[
 
 /// Maps a diesel error: transient faults are [`PortError::Unavailable`], the rest
 /// [`PortError::Database`].
-pub(crate) fn db_error(backend: &'static str, error: diesel::result::Error) -> PortError {
+pub fn db_error(backend: &'static str, error: diesel::result::Error) -> PortError {
     use diesel::result::{DatabaseErrorKind, Error};
     let message = error.to_string();
     if let Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) = &error {
@@ -107,7 +112,8 @@ pub(crate) fn db_error(backend: &'static str, error: diesel::result::Error) -> P
     }
 }
 
-pub(crate) fn is_transient_text(message: &str) -> bool {
+/// Whether a driver's error text describes a fault a retry may get past.
+pub fn is_transient_text(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
     TRANSIENT.iter().any(|needle| lower.contains(needle))
 }
@@ -115,7 +121,7 @@ pub(crate) fn is_transient_text(message: &str) -> bool {
 /// A pool error: a failed connect is classified like [`connection_error`] (bad credentials or
 /// an unknown database are permanent, a refused or lost connection transient); a checkout
 /// timeout or a closed pool is transient.
-pub(crate) fn pool_error(
+pub fn pool_error(
     backend: &'static str,
     error: diesel_async::pooled_connection::deadpool::PoolError,
 ) -> PortError {
@@ -150,7 +156,7 @@ const PERMANENT_CONNECT: &[(&str, ConnectErrorKind)] = &[
 
 /// The kind of a permanent connect failure described by `message`, or `None` when it may be
 /// transient (refused, reset, timed out).
-pub(crate) fn permanent_connect_kind(message: &str) -> Option<ConnectErrorKind> {
+pub fn permanent_connect_kind(message: &str) -> Option<ConnectErrorKind> {
     let lower = message.to_ascii_lowercase();
     PERMANENT_CONNECT
         .iter()
@@ -166,7 +172,7 @@ pub(crate) fn permanent_connect_kind(message: &str) -> Option<ConnectErrorKind> 
 /// databases and unopenable SQLite files are [`PortError::Connect`] (permanent, with the
 /// driver's error as source where diesel keeps it); everything else (refused, reset, timed
 /// out, a locked SQLite file) is transient.
-pub(crate) fn connection_error(
+pub fn connection_error(
     backend: &'static str,
     error: diesel::result::ConnectionError,
 ) -> PortError {

@@ -1,13 +1,7 @@
-//! Store-level tests of every `TaskStore` method, run on each backend (see `common`).
-
-#![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-
-#[macro_use]
-mod common;
+//! Store-level tests of every `TaskStore` method, run on each backend (see the harness in src/lib.rs).
 
 use std::time::Duration;
 
-use common::{Backend, Ctx, at, child, new_task, raw_exec, t0};
 use fib_flow_domain::progress::{Progress, RecordContext, progress_record};
 use fib_flow_domain::query::{
     AttemptQuery, DeleteFilter, EventQuery, Order, PageRequest, TaskQuery,
@@ -19,6 +13,7 @@ use fib_flow_domain::{
 use fib_flow_ports::{
     BatchCommand, ClaimName, ClaimRequest, PortError, RetentionRun, SpawnRequest,
 };
+use fib_flow_store_test::{Backend, Ctx, at, child, new_task, raw_exec, store_test, t0};
 use serde_json::{Value, json};
 
 fn names(list: &[&str]) -> Vec<ClaimName> {
@@ -1744,12 +1739,12 @@ store_test!(constraints_and_malformed_rows);
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_postgres_is_unavailable() {
-    let config = fib_flow_diesel::StoreConfig {
+    let config = fib_flow::storage::StoreConfig {
         url: "psql://postgres@127.0.0.1:1/nothing".into(),
         pool_size: 1,
         acquire_timeout: Duration::from_secs(2),
     };
-    let error = fib_flow_diesel::connect(config)
+    let error = fib_flow::storage::connect(config)
         .await
         .err()
         .expect("no server on port 1");
@@ -1759,12 +1754,12 @@ async fn unreachable_postgres_is_unavailable() {
 #[cfg(feature = "mysql")]
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_mysql_is_unavailable() {
-    let config = fib_flow_diesel::StoreConfig {
+    let config = fib_flow::storage::StoreConfig {
         url: "mysql://root@127.0.0.1:1/nothing".into(),
         pool_size: 1,
         acquire_timeout: Duration::from_secs(2),
     };
-    let error = fib_flow_diesel::connect(config)
+    let error = fib_flow::storage::connect(config)
         .await
         .err()
         .expect("no server on port 1");
@@ -1773,7 +1768,7 @@ async fn unreachable_mysql_is_unavailable() {
 
 #[tokio::test]
 async fn create_database_refuses_sqlite() {
-    let error = fib_flow_diesel::create_database("sqlite::memory:", "x")
+    let error = fib_flow::storage::create_database("sqlite::memory:", "x")
         .await
         .expect_err("refused");
     assert!(matches!(error, PortError::Config(_)), "{error}");
@@ -1783,7 +1778,7 @@ async fn create_database_refuses_sqlite() {
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "current_thread")]
 async fn migrate_on_current_thread_runtime_sqlite() {
-    let store = fib_flow_diesel::connect(fib_flow_diesel::StoreConfig::new("sqlite::memory:"))
+    let store = fib_flow::storage::connect(fib_flow::storage::StoreConfig::new("sqlite::memory:"))
         .await
         .expect("connect");
     store.migrate().await.expect("migrate");
@@ -1799,13 +1794,13 @@ async fn migrate_on_current_thread_runtime_sqlite() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "current_thread")]
 async fn migrate_on_current_thread_runtime_postgres() {
-    common::run_current_thread(Backend::Postgres, "ct_pg").await;
+    fib_flow_store_test::run_current_thread(Backend::Postgres, "ct_pg").await;
 }
 
 #[cfg(feature = "mysql")]
 #[tokio::test(flavor = "current_thread")]
 async fn migrate_on_current_thread_runtime_mysql() {
-    common::run_current_thread(Backend::Mysql, "ct_my").await;
+    fib_flow_store_test::run_current_thread(Backend::Mysql, "ct_my").await;
 }
 
 // ---- concurrent settlement -----------------------------------------------------------------
