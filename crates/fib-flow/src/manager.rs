@@ -137,11 +137,6 @@ impl TaskManager {
         self.engine.store()
     }
 
-    /// The engine behind the manager (the facade's own helpers reach the clock through it).
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     // --- handler registry -------------------------------------------------------------
 
     /// Registers a handler with the global defaults (the reference's function form).
