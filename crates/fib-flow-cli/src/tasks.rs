@@ -103,6 +103,8 @@ pub struct ReasonArgs {
 /// Filter of `tasks delete`.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
+    /// These tasks (the filters below, when given, narrow them further).
+    ids: Vec<i64>,
     /// Only tasks in this status.
     #[arg(long)]
     status: Option<TaskStatus>,
@@ -113,7 +115,7 @@ pub struct DeleteArgs {
     #[arg(long)]
     tag: Option<String>,
     /// Every task (required when no filter is given).
-    #[arg(long, conflicts_with_all = ["status", "name", "tag"])]
+    #[arg(long, conflicts_with_all = ["ids", "status", "name", "tag"])]
     all: bool,
     /// Delete without asking (required when stdin is not a terminal).
     #[arg(long, short = 'y')]
@@ -567,9 +569,13 @@ async fn delete(manager: &TaskManager, args: DeleteArgs, out: Output) -> Result<
         tag: args.tag,
         status: args.status,
         name: args.name,
+        ids: args.ids.iter().copied().map(TaskId).collect(),
         all: args.all,
     };
     filter.validate().map_err(fib_flow::Error::from)?;
+    if !filter.ids.is_empty() {
+        return delete_by_id(manager, filter, args.yes, out).await;
+    }
     let groups = delete_groups(manager, &filter).await?;
     let matched: u64 = groups.values().sum();
     if matched == 0 {
@@ -595,6 +601,7 @@ async fn delete(manager: &TaskManager, args: DeleteArgs, out: Output) -> Result<
             tag: filter.tag.clone(),
             status: Some(status),
             name: Some(name),
+            ids: Vec::new(),
             all: false,
         };
         match manager.delete_tasks(group).await {
@@ -622,6 +629,65 @@ async fn delete(manager: &TaskManager, args: DeleteArgs, out: Output) -> Result<
     ))
 }
 
+/// `tasks delete ID…`: the ids that exist (and match the other filters) go in one
+/// transaction; each missing id is reported like the other actions report theirs, and the
+/// exit code is "not found" when any was missing.
+async fn delete_by_id(
+    manager: &TaskManager,
+    mut filter: DeleteFilter,
+    yes: bool,
+    out: Output,
+) -> Result<(), CliError> {
+    let total = filter.ids.len();
+    let mut present = Vec::new();
+    for id in std::mem::take(&mut filter.ids) {
+        if manager.get_task(id).await?.is_some() {
+            present.push(id);
+        } else {
+            eprintln!(
+                "fib-flow: {}",
+                CliError::NotFound {
+                    what: "task",
+                    id: id.0
+                }
+            );
+        }
+    }
+    let missing = total - present.len();
+    let matched = present.len() as u64;
+    filter.ids = present;
+    let deleted = if filter.ids.is_empty() {
+        0
+    } else {
+        if !yes {
+            confirm(&format!(
+                "delete {matched} task(s) ({}) with their events and attempts?",
+                describe(&filter)
+            ))?;
+        }
+        manager.delete_tasks(filter.clone()).await?
+    };
+    if out.json {
+        out.json(&DeleteReport {
+            filter,
+            matched,
+            deleted,
+        })?;
+    } else {
+        out.text(&format!(
+            "deleted {deleted} task(s) with their events and attempts"
+        ))?;
+    }
+    if missing > 0 {
+        return Err(CliError::Partial {
+            failed: missing,
+            total,
+            exit: Exit::NotFound,
+        });
+    }
+    Ok(())
+}
+
 /// The matching tasks counted per (name, status): the delete runs one transaction per group,
 /// so the progress bar advances group by group and an interrupted run has deleted whole
 /// groups only.
@@ -644,6 +710,10 @@ async fn delete_groups(
 
 fn describe(filter: &DeleteFilter) -> String {
     let mut parts = Vec::new();
+    if !filter.ids.is_empty() {
+        let ids: Vec<String> = filter.ids.iter().map(ToString::to_string).collect();
+        parts.push(format!("ids={}", ids.join(",")));
+    }
     if let Some(status) = filter.status {
         parts.push(format!("status={status}"));
     }

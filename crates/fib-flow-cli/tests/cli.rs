@@ -37,6 +37,7 @@ on_every_backend!(
     tasks_show_prints_fields_payload_error_attempts_and_events,
     task_actions_change_statuses_and_map_failures_to_exit_codes,
     tasks_delete_by_filter_needs_a_confirmation_and_deletes_group_by_group,
+    tasks_delete_by_id_deletes_those_and_reports_missing_ones,
     workflow_show_draws_the_tree_stages_and_critical_path,
     audit_events_and_attempts_filter_and_page,
     workers_list_shows_the_registry_and_commands_register_no_worker,
@@ -342,6 +343,40 @@ fn tasks_delete_by_filter_needs_a_confirmation_and_deletes_group_by_group(backen
     let everything = db.json(&["tasks", "delete", "--all", "--yes"]);
     assert_eq!(everything["deleted"], 5);
     assert_eq!(db.json(&["stats"])["total"], 0);
+}
+
+fn tasks_delete_by_id_deletes_those_and_reports_missing_ones(backend: Backend) {
+    let Some((db, seeded)) = TestDb::seeded(backend, "delete_id") else {
+        return;
+    };
+    let plain = seeded.plain.to_string();
+    let declined = seeded.declined.to_string();
+    let unconfirmed = db.run(&["tasks", "delete", &plain]);
+    assert_eq!(unconfirmed.code, Some(2), "{unconfirmed:?}");
+
+    let narrowed = db.json(&[
+        "tasks", "delete", &plain, &declined, "--name", "boom", "--yes",
+    ]);
+    assert_eq!(narrowed["matched"], 2, "both ids exist");
+    assert_eq!(
+        narrowed["deleted"], 1,
+        "--name narrows the ids to the declined one"
+    );
+    assert_eq!(db.run(&["tasks", "show", &declined]).code, Some(3));
+    assert_eq!(status_of(&db, seeded.plain), "completed");
+
+    let with_missing = db.run(&["tasks", "delete", &plain, "999999", "--yes"]);
+    assert_eq!(with_missing.code, Some(3), "{with_missing:?}");
+    assert!(
+        with_missing.stderr.contains("task 999999 not found"),
+        "{with_missing:?}"
+    );
+    assert_eq!(
+        with_missing.stdout.trim(),
+        "deleted 1 task(s) with their events and attempts"
+    );
+    assert_eq!(db.run(&["tasks", "show", &plain]).code, Some(3));
+    assert_eq!(db.json(&["stats"])["total"], 7);
 }
 
 fn workflow_show_draws_the_tree_stages_and_critical_path(backend: Backend) {

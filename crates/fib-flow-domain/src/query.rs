@@ -154,6 +154,8 @@ pub struct DeleteFilter {
     pub status: Option<TaskStatus>,
     /// Handler name.
     pub name: Option<String>,
+    /// These tasks only (with the other fields, those of them that also match).
+    pub ids: Vec<TaskId>,
     /// Delete every task (required when no other field is set).
     pub all: bool,
 }
@@ -161,10 +163,15 @@ pub struct DeleteFilter {
 impl DeleteFilter {
     /// Refuses an empty filter without `all`.
     pub fn validate(&self) -> Result<(), DomainError> {
-        if self.tag.is_none() && self.status.is_none() && self.name.is_none() && !self.all {
+        if self.tag.is_none()
+            && self.status.is_none()
+            && self.name.is_none()
+            && self.ids.is_empty()
+            && !self.all
+        {
             return Err(DomainError::InvalidOption {
                 field: "filter",
-                reason: "an empty delete filter would delete every task; set tag, status or name, or `all: true`".into(),
+                reason: "an empty delete filter would delete every task; set ids, tag, status or name, or `all: true`".into(),
             });
         }
         Ok(())
@@ -232,4 +239,24 @@ pub struct AttemptQuery {
     pub ended_before: Option<DateTime<Utc>>,
     /// Only attempts still open.
     pub open_only: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delete_filter_needs_a_field_or_all_and_ids_count_as_one() {
+        assert!(DeleteFilter::default().validate().is_err());
+        let by_id = DeleteFilter {
+            ids: vec![TaskId(3)],
+            ..DeleteFilter::default()
+        };
+        assert_eq!(by_id.validate(), Ok(()));
+        let all = DeleteFilter {
+            all: true,
+            ..DeleteFilter::default()
+        };
+        assert_eq!(all.validate(), Ok(()));
+    }
 }

@@ -431,6 +431,10 @@ pub async fn filtered_task_ids(
         if let Some(name) = &filter.name {
             query = query.filter(t::name.eq(name.clone()));
         }
+        if !filter.ids.is_empty() {
+            query =
+                query.filter(t::id.eq_any(filter.ids.iter().map(|id| id.0).collect::<Vec<_>>()));
+        }
         query.load(c).await
     })
 }

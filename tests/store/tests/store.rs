@@ -1256,6 +1256,35 @@ async fn delete_tasks_with_audit_rows(ctx: Ctx) {
     assert!(events_of(&ctx, ids[0]).await.is_empty());
     assert!(attempts_of(&ctx, ids[0]).await.is_empty());
     assert!(ctx.store.get_task(ids[1]).await.expect("get").is_some());
+
+    let by_id = ctx
+        .store
+        .insert_tasks(vec![new_task("x"), new_task("x")])
+        .await
+        .expect("insert");
+    let wrong_name = ctx
+        .store
+        .delete_tasks(DeleteFilter {
+            ids: vec![by_id[0]],
+            name: Some("keep".into()),
+            ..DeleteFilter::default()
+        })
+        .await
+        .expect("delete");
+    assert_eq!(wrong_name, 0, "ids narrow the other fields, not widen them");
+    let picked = ctx
+        .store
+        .delete_tasks(DeleteFilter {
+            ids: vec![by_id[0]],
+            ..DeleteFilter::default()
+        })
+        .await
+        .expect("delete by id");
+    assert_eq!(picked, 1);
+    assert!(ctx.store.get_task(by_id[0]).await.expect("get").is_none());
+    assert!(events_of(&ctx, by_id[0]).await.is_empty());
+    assert!(ctx.store.get_task(by_id[1]).await.expect("get").is_some());
+
     let all = ctx
         .store
         .delete_tasks(DeleteFilter {
@@ -1264,7 +1293,7 @@ async fn delete_tasks_with_audit_rows(ctx: Ctx) {
         })
         .await
         .expect("delete all");
-    assert_eq!(all, 1);
+    assert_eq!(all, 2);
 }
 store_test!(delete_tasks_with_audit_rows);
 
