@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use fib_flow::error::RuntimeError;
 use fib_flow::{
     AttemptOutcome, CronChange, Enqueued, Error, HandlerError, HandlerOptions, ManagerOptions,
-    ManualClock, Outcome, RetryBackoff, RuntimeError, TaskHandle, TaskManager, TaskOptions,
-    TaskStatus, json, permanent,
+    ManualClock, Outcome, RetryBackoff, TaskHandle, TaskManager, TaskOptions, TaskStatus, json,
+    permanent,
 };
 
 use crate::harness::{Backend, TestDb, attempt_outcomes, event_types, poll_until, wait_status};

@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use fib_flow::error::{DomainError, PortError, RuntimeError};
+use fib_flow::storage::ConnectErrorKind;
 use fib_flow::{
-    ConnectErrorKind, DomainError, Error, HandlerError, ManagerOptions, PortError, RuntimeError,
-    TaskHandle, TaskManager, TaskOptions, TaskQuery, TaskStatus, Value, json,
+    Error, HandlerError, ManagerOptions, TaskHandle, TaskManager, TaskOptions, TaskQuery,
+    TaskStatus, Value, json,
 };
 use fib_flow_domain::limits::{MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use fib_flow::error::{DomainError, PortError, RuntimeError};
 use fib_flow::{
-    AttemptOutcome, ChildFailurePolicy, DomainError, Error, EventQuery, HandlerError,
-    HandlerOptions, ManagerOptions, ManualClock, PortError, Progress, RuntimeError, Task,
-    TaskHandle, TaskManager, TaskOptions, TaskStatus, json,
+    AttemptOutcome, ChildFailurePolicy, Error, EventQuery, HandlerError, HandlerOptions,
+    ManagerOptions, ManualClock, Progress, Task, TaskHandle, TaskManager, TaskOptions, TaskStatus,
+    json,
 };
 use fib_flow_domain::Command;
 use fib_flow_ports::{ClaimName, ClaimRequest};

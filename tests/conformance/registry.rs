@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use fib_flow::error::{PortError, RuntimeError};
 use fib_flow::{
     AttemptOutcome, Error, EventQuery, HandlerError, ManagerOptions, ManualClock, Outcome,
-    PortError, RuntimeError, TaskHandle, TaskId, TaskManager, TaskOptions, TaskStatus, WorkerQuery,
-    WorkerStatus, json,
+    TaskHandle, TaskId, TaskManager, TaskOptions, TaskStatus, WorkerQuery, WorkerStatus, json,
 };
 use fib_flow_ports::{ClaimName, ClaimRequest, Recovery, WorkerRegistration};
 

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use fib_flow::error::{DomainError, RuntimeError};
 use fib_flow::{
-    AttemptOutcome, ChildSpec, DeleteFilter, DomainError, Error, EventQuery, HandlerError,
-    ManualClock, Outcome, RuntimeError, TaskHandle, TaskId, TaskOptions, TaskStatus, json,
+    AttemptOutcome, ChildSpec, DeleteFilter, Error, EventQuery, HandlerError, ManualClock, Outcome,
+    TaskHandle, TaskId, TaskOptions, TaskStatus, json,
 };
 
 use crate::harness::{TestDb, attempt_outcomes, event_types, eventually, poll_until, wait_status};

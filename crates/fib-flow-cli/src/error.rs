@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use fib_flow::{AuditError, ConnectErrorKind, DomainError, PortError, RuntimeError};
+use fib_flow::ErrorKind;
+use fib_flow::storage::{ConnectErrorKind, PortError};
 
 /// The documented exit codes (docs/operations.md, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,45 +93,33 @@ impl CliError {
 }
 
 fn library_exit(error: &fib_flow::Error) -> Exit {
-    match error {
-        fib_flow::Error::Invalid(domain) => domain_exit(domain),
-        fib_flow::Error::Runtime(RuntimeError::InvalidInput(domain)) => domain_exit(domain),
-        fib_flow::Error::Runtime(RuntimeError::Store(port)) | fib_flow::Error::Store(port) => {
-            port_exit(port)
-        }
-        fib_flow::Error::Audit(AuditError::Invalid(domain)) => domain_exit(domain),
-        fib_flow::Error::Audit(AuditError::Store(port)) => port_exit(port),
-        fib_flow::Error::Runtime(RuntimeError::UnknownHandler { .. }) => Exit::Usage,
+    match error.kind() {
+        ErrorKind::InvalidInput => Exit::Usage,
+        ErrorKind::NotFound => Exit::NotFound,
+        ErrorKind::IllegalTransition | ErrorKind::Conflict => Exit::Conflict,
+        ErrorKind::Transient => Exit::Unreachable,
+        // A URL that does not parse is the command line's fault; refused credentials, an
+        // unknown database or an unopenable file mean the database cannot be opened.
+        ErrorKind::Configuration if is_malformed_url(error) => Exit::Usage,
+        ErrorKind::Configuration => Exit::Unreachable,
         _ => Exit::Failure,
     }
 }
 
-fn domain_exit(error: &DomainError) -> Exit {
-    match error {
-        DomainError::IllegalTransition { .. }
-        | DomainError::StaleAttempt { .. }
-        | DomainError::AwaitingChildren { .. } => Exit::Conflict,
-        _ => Exit::Usage,
-    }
-}
-
-fn port_exit(error: &PortError) -> Exit {
-    match error {
-        PortError::NotFound(_) => Exit::NotFound,
-        PortError::Stale { .. } | PortError::Conflict { .. } => Exit::Conflict,
-        PortError::Rejected(domain) => domain_exit(domain),
-        PortError::Connect {
+fn is_malformed_url(error: &fib_flow::Error) -> bool {
+    matches!(
+        error,
+        fib_flow::Error::Store(PortError::Connect {
             kind: ConnectErrorKind::InvalidUrl,
             ..
-        } => Exit::Usage,
-        PortError::Connect { .. } | PortError::Unavailable { .. } => Exit::Unreachable,
-        _ => Exit::Failure,
-    }
+        })
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fib_flow::error::{AuditError, DomainError, RuntimeError};
     use fib_flow::{TaskId, TaskStatus};
 
     fn exit_of(error: impl Into<fib_flow::Error>) -> Exit {

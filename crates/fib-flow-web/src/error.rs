@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::http::StatusCode;
-use fib_flow::{AuditError, DomainError, PortError, RuntimeError};
+use fib_flow::ErrorKind;
 
 /// Every way starting the dashboard or answering a request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -76,32 +76,11 @@ impl WebError {
 }
 
 fn manager_status(error: &fib_flow::Error) -> StatusCode {
-    match error {
-        fib_flow::Error::Invalid(domain)
-        | fib_flow::Error::Runtime(RuntimeError::InvalidInput(domain))
-        | fib_flow::Error::Audit(AuditError::Invalid(domain))
-        | fib_flow::Error::Store(PortError::Rejected(domain)) => domain_status(domain),
-        fib_flow::Error::Runtime(RuntimeError::Store(port))
-        | fib_flow::Error::Audit(AuditError::Store(port))
-        | fib_flow::Error::Store(port) => match port {
-            PortError::NotFound(_) => StatusCode::NOT_FOUND,
-            PortError::Rejected(domain) => domain_status(domain),
-            PortError::Stale { .. } | PortError::Conflict { .. } => StatusCode::CONFLICT,
-            PortError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        },
-        fib_flow::Error::Runtime(RuntimeError::UnknownHandler { .. }) => StatusCode::BAD_REQUEST,
+    match error.kind() {
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::IllegalTransition | ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Transient => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// An illegal transition is a conflict with the task's current state; anything else the
-/// domain rejects is bad input.
-fn domain_status(error: &DomainError) -> StatusCode {
-    match error {
-        DomainError::IllegalTransition { .. }
-        | DomainError::StaleAttempt { .. }
-        | DomainError::AwaitingChildren { .. } => StatusCode::CONFLICT,
-        _ => StatusCode::BAD_REQUEST,
     }
 }

@@ -1,9 +1,11 @@
-//! The facade's one error type.
+//! The facade's one error type, [`Error`] with its [`ErrorKind`], and the errors of the
+//! layers below that its variants carry (for matching on the detail; most callers only need
+//! [`Error::kind`]).
 
-use fib_flow_audit::AuditError;
-use fib_flow_domain::DomainError;
-use fib_flow_ports::PortError;
-use fib_flow_runtime::RuntimeError;
+pub use fib_flow_audit::AuditError;
+pub use fib_flow_domain::DomainError;
+pub use fib_flow_ports::PortError;
+pub use fib_flow_runtime::RuntimeError;
 
 /// Every error the `TaskManager` API returns.
 ///

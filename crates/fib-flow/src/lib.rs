@@ -37,7 +37,7 @@
 
 mod caller;
 mod connect;
-mod error;
+pub mod error;
 mod manager;
 pub mod testing;
 
@@ -59,26 +59,23 @@ pub use error::{Error, ErrorKind, Result};
 pub use manager::TaskManager;
 
 pub use fib_flow_audit::{
-    Audit, AuditError, TaskAudit, TaskAuditOptions, WorkflowAudit, WorkflowAuditOptions,
-    WorkflowSummary,
+    Audit, TaskAudit, TaskAuditOptions, WorkflowAudit, WorkflowAuditOptions, WorkflowSummary,
 };
 pub use fib_flow_domain::progress::{Checkpoint, Progress};
 pub use fib_flow_domain::query::{
     AttemptQuery, DeleteFilter, EventQuery, Order, Page, PageRequest, TagStat, TaskQuery,
 };
 pub use fib_flow_domain::{
-    AttemptOutcome, ChildFailurePolicy, ChildResult, ChildSpec, DomainError, EventType,
-    HandlerOptions, ManagerOptions, RetentionConfig, RetentionPolicy, RetryBackoff, RetryPolicy,
-    Task, TaskAttempt, TaskEvent, TaskId, TaskOptions, TaskStatus, TaskType, Worker, WorkerQuery,
-    WorkerStatus,
+    AttemptOutcome, ChildFailurePolicy, ChildResult, ChildSpec, EventType, HandlerOptions,
+    ManagerOptions, RetentionConfig, RetentionPolicy, RetryBackoff, RetryPolicy, Task, TaskAttempt,
+    TaskEvent, TaskId, TaskOptions, TaskStatus, TaskType, Worker, WorkerQuery, WorkerStatus,
 };
 pub use fib_flow_ports::{
-    Clock, ConnectErrorKind, CronChange, Enqueued, HandlerError, HandlerResult, Job, Outcome,
-    Permanent, PortError, RetentionReport, Spawn, Suspension, TaskHandle, TaskHandler, TaskStore,
-    is_permanent, permanent,
+    Clock, CronChange, Enqueued, HandlerError, HandlerResult, Job, Outcome, Permanent,
+    RetentionReport, Spawn, Suspension, TaskHandle, TaskHandler, is_permanent, permanent,
 };
 pub use fib_flow_runtime::clock::{ManualClock, SystemClock};
-pub use fib_flow_runtime::{ManagerState, RuntimeError, SweepReport, TaskInfo};
+pub use fib_flow_runtime::{ManagerState, SweepReport, TaskInfo};
 pub use serde_json::{Value, json};
 
 /// Resolves on the first SIGTERM (Unix) or ctrl-c: the signals a deployment stops a process
@@ -111,9 +108,11 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Storage-level helpers: opening a store from a URL, and database creation for isolated test
-/// runs.
+/// The adapter-author API: the storage port ([`TaskStore`](storage::TaskStore)) and its error,
+/// opening a store from a URL (for [`TaskManager::from_store`]), and database creation for
+/// isolated test runs. A service that only runs tasks needs none of it.
 pub mod storage {
     pub use crate::connect::{connect, create_database, drop_database};
+    pub use fib_flow_ports::{ConnectErrorKind, PortError, TaskStore};
     pub use fib_flow_sql::StoreConfig;
 }
