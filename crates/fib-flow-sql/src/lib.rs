@@ -23,6 +23,7 @@ use std::time::Duration;
 
 mod connection;
 pub mod error;
+pub mod json_column;
 pub mod queries;
 pub mod retention;
 pub mod rows;
