@@ -210,7 +210,11 @@ mod tests {
     #[test]
     fn a_nul_character_in_a_string_or_key_is_refused() {
         assert!(check_json("payload", &json!({"a": ["x", {"b": "ok"}]}), MAX_JSON_DEPTH).is_ok());
-        for value in [json!("a\u{0}b"), json!([{"k": "\u{0}"}]), json!({"a\u{0}": 1})] {
+        for value in [
+            json!("a\u{0}b"),
+            json!([{"k": "\u{0}"}]),
+            json!({"a\u{0}": 1}),
+        ] {
             assert!(
                 matches!(
                     check_json("payload", &value, MAX_JSON_DEPTH),

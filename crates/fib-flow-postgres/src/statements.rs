@@ -6,9 +6,9 @@ use diesel::prelude::*;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use fib_flow_domain::NewTask;
 use fib_flow_sql::rows::{NewEventRow, TaskRow, TaskValues, created_event};
+use fib_flow_sql::schema::Json;
 use fib_flow_sql::schema::fib_flow_task_events as e;
 use fib_flow_sql::schema::fib_flow_tasks as t;
-use fib_flow_sql::schema::Json;
 use fib_flow_sql::write_plan::BatchWrite;
 use fib_flow_sql::{Connection, Statements, holds_lease, queries};
 

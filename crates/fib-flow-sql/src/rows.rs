@@ -1,7 +1,8 @@
 //! Row structs and their mapping to and from the domain types.
 //!
 //! Storage encodings: instants are BIGINT Unix milliseconds ([`fib_flow_domain::time`]),
-//! durations `*_ms` BIGINT, enums their `as_str` strings, JSON as text. `payload` is never NULL
+//! durations `*_ms` BIGINT, enums their `as_str` strings, JSON as [`JsonText`] (the column is
+//! `jsonb` on PostgreSQL, text elsewhere; see [`crate::json_column`]). `payload` is never NULL
 //! (JSON `null` is stored as the text `null`); `result` is NULL when there is no result, so a
 //! stored JSON `null` result (`'null'`) stays distinct from "no result".
 

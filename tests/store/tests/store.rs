@@ -13,9 +13,7 @@ use fib_flow_domain::{
 use fib_flow_ports::{
     BatchCommand, ClaimName, ClaimRequest, PortError, RetentionRun, SpawnRequest,
 };
-use fib_flow_store_test::{
-    Backend, Ctx, at, child, new_task, raw_exec, raw_ids, store_test, t0,
-};
+use fib_flow_store_test::{Backend, Ctx, at, child, new_task, raw_exec, raw_ids, store_test, t0};
 use serde_json::{Value, json};
 
 fn names(list: &[&str]) -> Vec<ClaimName> {
@@ -1749,7 +1747,7 @@ async fn stored_json_is_queryable_and_reads_back_unchanged(ctx: Ctx) {
     let payloads = [
         json!({"customer": "c1", "zeta": [1, 2.5, -3], "alpha": {"nested": true}, "": null}),
         json!({"customer": "c2", "text": "\"quoted\" \\ back\nslash \t ☃ 😀 \u{1}"}),
-        json!({"customer": "c1", "big": u64::MAX, "small": i64::MIN, "float": 1.0, "tiny": 1.5e-7}),
+        json!({"customer": "c1", "big": u64::MAX, "small": i64::MIN, "float": 1.0, "tiny": 1.5e-7, "huge": 1e22}),
         json!([]),
         json!("customer"),
         deepest,
@@ -1765,7 +1763,11 @@ async fn stored_json_is_queryable_and_reads_back_unchanged(ctx: Ctx) {
     let ids = ctx.store.insert_tasks(tasks).await.expect("insert");
     for (id, payload) in ids.iter().zip(&payloads) {
         let task = ctx.store.get_task(*id).await.expect("get").expect("exists");
-        assert_eq!(&task.payload, payload, "{:?}: payload of {id:?}", ctx.backend);
+        assert_eq!(
+            &task.payload, payload,
+            "{:?}: payload of {id:?}",
+            ctx.backend
+        );
     }
 
     let result = json!({"invoice": {"total": 12.5, "lines": [{"sku": "a"}]}, "customer": "c1"});
@@ -1775,11 +1777,23 @@ async fn stored_json_is_queryable_and_reads_back_unchanged(ctx: Ctx) {
         .expect("claim");
     let done = ctx
         .store
-        .apply(ids[0], Command::Complete { attempt: 1, result: result.clone() }, at(20))
+        .apply(
+            ids[0],
+            Command::Complete {
+                attempt: 1,
+                result: result.clone(),
+            },
+            at(20),
+        )
         .await
         .expect("complete");
     assert_eq!(done.result, Some(result.clone()));
-    let read = ctx.store.get_task(ids[0]).await.expect("get").expect("exists");
+    let read = ctx
+        .store
+        .get_task(ids[0])
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(read.result, Some(result));
 
     // A string holding U+0000 cannot be jsonb; every backend refuses it alike.
