@@ -53,6 +53,26 @@ pub fn json_depth(value: &Value) -> usize {
     deepest
 }
 
+/// Whether a string or object key anywhere in `value` holds U+0000. PostgreSQL's `jsonb`
+/// cannot store that character, so every backend refuses it alike (see [`check_json`]).
+pub fn json_has_nul(value: &Value) -> bool {
+    let mut stack: Vec<&Value> = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::String(text) if text.contains('\0') => return true,
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                if map.keys().any(|key| key.contains('\0')) {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Counts bytes without keeping them.
 struct Counter(usize);
 
@@ -75,8 +95,8 @@ pub fn json_bytes(value: &Value) -> usize {
     counter.0
 }
 
-/// Checks that `value` can be stored and read back: at most `max_depth` levels deep and at most
-/// [`MAX_VALUE_BYTES`] long. `max_depth` is [`MAX_JSON_DEPTH`] minus the levels of any envelope
+/// Checks that `value` can be stored and read back: at most `max_depth` levels deep, at most
+/// [`MAX_VALUE_BYTES`] long and free of U+0000 in its strings and keys ([`json_has_nul`]). `max_depth` is [`MAX_JSON_DEPTH`] minus the levels of any envelope
 /// the value is also stored in (a suspension's metadata is repeated inside its event's
 /// metadata object).
 pub fn check_json(field: &'static str, value: &Value, max_depth: usize) -> Result<(), DomainError> {
@@ -86,6 +106,14 @@ pub fn check_json(field: &'static str, value: &Value, max_depth: usize) -> Resul
             field,
             depth,
             max: max_depth,
+        });
+    }
+    if json_has_nul(value) {
+        return Err(DomainError::InvalidOption {
+            field,
+            reason: "a string or key holds the character U+0000, which PostgreSQL's jsonb \
+                     cannot store; fib-flow refuses it on every backend"
+                .to_owned(),
         });
     }
     let len = json_bytes(value);
@@ -177,6 +205,27 @@ mod tests {
                 max: MAX_JSON_DEPTH,
             })
         );
+    }
+
+    #[test]
+    fn a_nul_character_in_a_string_or_key_is_refused() {
+        assert!(check_json("payload", &json!({"a": ["x", {"b": "ok"}]}), MAX_JSON_DEPTH).is_ok());
+        for value in [
+            json!("a\u{0}b"),
+            json!([{"k": "\u{0}"}]),
+            json!({"a\u{0}": 1}),
+        ] {
+            assert!(
+                matches!(
+                    check_json("payload", &value, MAX_JSON_DEPTH),
+                    Err(DomainError::InvalidOption {
+                        field: "payload",
+                        ..
+                    })
+                ),
+                "{value} must be refused"
+            );
+        }
     }
 
     #[test]

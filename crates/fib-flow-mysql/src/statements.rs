@@ -160,6 +160,7 @@ const UPDATE_ROW: &str = "UPDATE fib_flow_tasks FORCE INDEX (PRIMARY) SET status
 
 async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
     use diesel::sql_types::{Binary, Double, Integer, Nullable, Text};
+    use fib_flow_sql::schema::Json;
     let v = &write.values;
     diesel::sql_query(UPDATE_ROW)
         .bind::<Text, _>(&v.status)
@@ -168,7 +169,7 @@ async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
         .bind::<Nullable<BigInt>, _>(v.last_active_time)
         .bind::<Nullable<BigInt>, _>(v.last_event_time)
         .bind::<Nullable<Text>, _>(&v.last_event_type)
-        .bind::<Nullable<Text>, _>(&v.result)
+        .bind::<Nullable<Json>, _>(&v.result)
         .bind::<Nullable<Text>, _>(&v.error)
         .bind::<Nullable<Text>, _>(&v.current_stage_name)
         .bind::<Nullable<Text>, _>(&v.progress_text)
@@ -188,7 +189,7 @@ async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
         .bind::<Integer, _>(v.attempt)
         .bind::<Nullable<Binary>, _>(&v.context)
         .bind::<Nullable<Text>, _>(&v.suspend_reason)
-        .bind::<Nullable<Text>, _>(&v.suspend_metadata)
+        .bind::<Nullable<Json>, _>(&v.suspend_metadata)
         .bind::<BigInt, _>(write.id)
         .bind::<Text, _>(write.guard_status)
         .bind::<Integer, _>(write.guard_attempt)

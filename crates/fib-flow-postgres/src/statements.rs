@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use fib_flow_domain::NewTask;
 use fib_flow_sql::rows::{NewEventRow, TaskRow, TaskValues, created_event};
+use fib_flow_sql::schema::Json;
 use fib_flow_sql::schema::fib_flow_task_events as e;
 use fib_flow_sql::schema::fib_flow_tasks as t;
 use fib_flow_sql::write_plan::BatchWrite;
@@ -117,10 +118,10 @@ const WRITE_BATCH: &str = "WITH u AS (UPDATE fib_flow_tasks AS t SET \
     start_time = v.start_time, deadline = v.deadline, attempt = v.attempt, \
     context = v.context, suspend_reason = v.suspend_reason, suspend_metadata = v.suspend_metadata \
     FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::int[], $6::bigint[], \
-        $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], \
+        $7::bigint[], $8::bigint[], $9::text[], $10::jsonb[], $11::text[], $12::text[], \
         $13::text[], $14::float8[], $15::int[], $16::bigint[], $17::int[], $18::int[], \
         $19::bigint[], $20::text[], $21::int[], $22::int[], $23::text[], $24::text[], \
-        $25::bigint[], $26::bigint[], $27::int[], $28::bytea[], $29::text[], $30::text[]) \
+        $25::bigint[], $26::bigint[], $27::int[], $28::bytea[], $29::text[], $30::jsonb[]) \
     AS v(id, guard_status, guard_attempt, status, priority, next_run_time, last_active_time, \
         last_event_time, last_event_type, result, error, current_stage_name, progress_text, \
         progress_percent, stage, timeout_ms, retry_count, max_retries, retry_interval_ms, \
@@ -141,7 +142,7 @@ const WRITE_BATCH: &str = "WITH u AS (UPDATE fib_flow_tasks AS t SET \
         to_status, stage, worker_id, attempt, event_time, message, metadata) \
     SELECT * FROM unnest($45::bigint[], $46::bigint[], $47::bigint[], $48::text[], $49::text[], \
         $50::text[], $51::int[], $52::text[], $53::int[], $54::bigint[], $55::text[], \
-        $56::text[])), \
+        $56::jsonb[])), \
   n AS (SELECT pg_notify('fib_flow_tasks', '') WHERE $57::boolean) \
 SELECT (SELECT count(*) FROM u) AS written, (SELECT count(*) FROM n) AS notified";
 
@@ -173,7 +174,7 @@ async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> 
         .bind::<Array<Nullable<BigInt>>, _>(column(rows, |w| w.values.last_active_time))
         .bind::<Array<Nullable<BigInt>>, _>(column(rows, |w| w.values.last_event_time))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.last_event_type.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.result.clone()))
+        .bind::<Array<Nullable<Json>>, _>(column(rows, |w| w.values.result.clone()))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.error.clone()))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.current_stage_name.clone()))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.progress_text.clone()))
@@ -193,7 +194,7 @@ async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> 
         .bind::<Array<Integer>, _>(column(rows, |w| w.values.attempt))
         .bind::<Array<Nullable<Binary>>, _>(column(rows, |w| w.values.context.clone()))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.suspend_reason.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |w| w.values.suspend_metadata.clone()))
+        .bind::<Array<Nullable<Json>>, _>(column(rows, |w| w.values.suspend_metadata.clone()))
         .bind::<Array<BigInt>, _>(column(opened, |r| r.task_id))
         .bind::<Array<Integer>, _>(column(opened, |r| r.attempt))
         .bind::<Array<Nullable<Text>>, _>(column(opened, |r| r.worker_id.clone()))
@@ -219,7 +220,7 @@ async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> 
         .bind::<Array<Nullable<Integer>>, _>(column(events, |r| r.attempt))
         .bind::<Array<BigInt>, _>(column(events, |r| r.event_time))
         .bind::<Array<Nullable<Text>>, _>(column(events, |r| r.message.clone()))
-        .bind::<Array<Text>, _>(column(events, |r| r.metadata.clone()))
+        .bind::<Array<Json>, _>(column(events, |r| r.metadata.clone()))
         .bind::<Bool, _>(batch.notify)
         .get_result(conn)
         .await?;
@@ -242,13 +243,13 @@ const INSERT_CREATED: &str = "WITH ins AS (INSERT INTO fib_flow_tasks (name, typ
     timeout_ms, retry_count, max_retries, retry_interval_ms, retry_backoff, cron_expr, timezone, \
     root_id, parent_id, parent_round, total_children, completed_children, child_failure_policy, \
     worker_id, start_time, deadline, attempt, context, suspend_reason, suspend_metadata) \
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], \
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[], \
         $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], \
-        $12::text[], $13::text[], $14::text[], $15::text[], $16::float8[], $17::int[], \
+        $12::jsonb[], $13::text[], $14::text[], $15::text[], $16::float8[], $17::int[], \
         $18::bigint[], $19::int[], $20::int[], $21::bigint[], $22::text[], $23::text[], \
         $24::text[], $25::bigint[], $26::bigint[], $27::int[], $28::int[], $29::int[], \
         $30::text[], $31::text[], $32::bigint[], $33::bigint[], $34::int[], $35::bytea[], \
-        $36::text[], $37::text[]) \
+        $36::text[], $37::jsonb[]) \
     RETURNING id), \
   num AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM ins), \
   ev AS (INSERT INTO fib_flow_task_events (task_id, root_id, parent_id, event_type, \
@@ -256,7 +257,7 @@ const INSERT_CREATED: &str = "WITH ins AS (INSERT INTO fib_flow_tasks (name, typ
     SELECT num.id, COALESCE(e.root_id, num.id), e.parent_id, e.event_type, NULL, e.to_status, \
         e.stage, NULL, NULL, e.event_time, e.message, e.metadata \
     FROM num JOIN unnest($38::bigint[], $39::bigint[], $40::text[], $41::text[], $42::int[], \
-        $43::bigint[], $44::text[], $45::text[]) WITH ORDINALITY \
+        $43::bigint[], $44::text[], $45::jsonb[]) WITH ORDINALITY \
         AS e(root_id, parent_id, event_type, to_status, stage, event_time, message, metadata, n) \
     ON e.n = num.n), \
   nt AS (SELECT pg_notify('fib_flow_tasks', '') WHERE $46::boolean) \
@@ -280,14 +281,14 @@ async fn insert_created(conn: &mut Conn, tasks: &[NewTask], notify: bool) -> Que
         .bind::<Array<Text>, _>(column(rows, |r| r.task_type.clone()))
         .bind::<Array<Text>, _>(column(rows, |r| r.status.clone()))
         .bind::<Array<Integer>, _>(column(rows, |r| r.priority))
-        .bind::<Array<Text>, _>(column(rows, |r| r.payload.clone()))
+        .bind::<Array<Json>, _>(column(rows, |r| r.payload.clone()))
         .bind::<Array<BigInt>, _>(column(rows, |r| r.created_at))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.tag.clone()))
         .bind::<Array<BigInt>, _>(column(rows, |r| r.next_run_time))
         .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.last_active_time))
         .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.last_event_time))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.last_event_type.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.result.clone()))
+        .bind::<Array<Nullable<Json>>, _>(column(rows, |r| r.result.clone()))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.error.clone()))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.current_stage_name.clone()))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.progress_text.clone()))
@@ -312,7 +313,7 @@ async fn insert_created(conn: &mut Conn, tasks: &[NewTask], notify: bool) -> Que
         .bind::<Array<Integer>, _>(column(rows, |r| r.attempt))
         .bind::<Array<Nullable<Binary>>, _>(column(rows, |r| r.context.clone()))
         .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.suspend_reason.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.suspend_metadata.clone()))
+        .bind::<Array<Nullable<Json>>, _>(column(rows, |r| r.suspend_metadata.clone()))
         .bind::<Array<Nullable<BigInt>>, _>(roots)
         .bind::<Array<Nullable<BigInt>>, _>(column(events, |e| e.parent_id))
         .bind::<Array<Text>, _>(column(events, |e| e.event_type.clone()))
@@ -320,7 +321,7 @@ async fn insert_created(conn: &mut Conn, tasks: &[NewTask], notify: bool) -> Que
         .bind::<Array<Nullable<Integer>>, _>(column(events, |e| e.stage))
         .bind::<Array<BigInt>, _>(column(events, |e| e.event_time))
         .bind::<Array<Nullable<Text>>, _>(column(events, |e| e.message.clone()))
-        .bind::<Array<Text>, _>(column(events, |e| e.metadata.clone()))
+        .bind::<Array<Json>, _>(column(events, |e| e.metadata.clone()))
         .bind::<Bool, _>(notify)
         .load(conn)
         .await?;
@@ -344,7 +345,7 @@ async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64
 const INSERT_EVENTS: &str = "INSERT INTO fib_flow_task_events (task_id, root_id, parent_id, \
     event_type, from_status, to_status, stage, worker_id, attempt, event_time, message, metadata) \
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], \
-        $6::text[], $7::int[], $8::text[], $9::int[], $10::bigint[], $11::text[], $12::text[])";
+        $6::text[], $7::int[], $8::text[], $9::int[], $10::bigint[], $11::text[], $12::jsonb[])";
 
 /// One fixed-shape statement whatever the row count (a VALUES list would be parsed anew for
 /// every count).
@@ -362,7 +363,7 @@ async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResu
         .bind::<Array<Nullable<Integer>>, _>(column(&rows, |r| r.attempt))
         .bind::<Array<BigInt>, _>(column(&rows, |r| r.event_time))
         .bind::<Array<Nullable<Text>>, _>(column(&rows, |r| r.message.clone()))
-        .bind::<Array<Text>, _>(column(&rows, |r| r.metadata.clone()))
+        .bind::<Array<Json>, _>(column(&rows, |r| r.metadata.clone()))
         .execute(conn)
         .await
         .map(|_| ())

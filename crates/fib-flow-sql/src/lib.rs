@@ -1,7 +1,8 @@
 //! What fib-flow's SQL adapters (fib-flow-sqlite, fib-flow-postgres, fib-flow-mysql) share,
 //! written once as ordinary Rust.
 //!
-//! Owns: the `diesel::table!` schema ([`schema`]), the row types and their mapping to the
+//! Owns: the `diesel::table!` schema ([`schema`]) and its JSON column type ([`json_column`]:
+//! `jsonb` on PostgreSQL), the row types and their mapping to the
 //! domain ([`rows`]), the write plan of a batch of transitions ([`write_plan`]), the
 //! transaction logic of every [`TaskStore`](fib_flow_ports::TaskStore) operation
 //! ([`transitions`], [`workers`], [`retention`]), the statements whose SQL is the same on every
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 mod connection;
 pub mod error;
+pub mod json_column;
 pub mod queries;
 pub mod retention;
 pub mod rows;

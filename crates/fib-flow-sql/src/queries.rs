@@ -228,7 +228,7 @@ pub struct CronRedefinition {
     /// Its IANA zone.
     pub timezone: Option<String>,
     /// JSON payload text.
-    pub payload: String,
+    pub payload: crate::json_column::JsonText,
     /// Priority.
     pub priority: i32,
     /// Attempt timeout (ms).

@@ -1,7 +1,8 @@
 //! Row structs and their mapping to and from the domain types.
 //!
 //! Storage encodings: instants are BIGINT Unix milliseconds ([`fib_flow_domain::time`]),
-//! durations `*_ms` BIGINT, enums their `as_str` strings, JSON as text. `payload` is never NULL
+//! durations `*_ms` BIGINT, enums their `as_str` strings, JSON as [`JsonText`] (the column is
+//! `jsonb` on PostgreSQL, text elsewhere; see [`crate::json_column`]). `payload` is never NULL
 //! (JSON `null` is stored as the text `null`); `result` is NULL when there is no result, so a
 //! stored JSON `null` result (`'null'`) stays distinct from "no result".
 
@@ -13,6 +14,7 @@ use fib_flow_domain::{
 };
 use serde_json::Value;
 
+use crate::json_column::JsonText;
 use crate::schema::{
     fib_flow_task_attempts, fib_flow_task_events, fib_flow_tasks, fib_flow_workers,
 };
@@ -52,9 +54,9 @@ pub fn check_new_tasks(tasks: &[NewTask]) -> Result<(), fib_flow_ports::PortErro
 }
 
 /// Value → JSON text (`null` for `Value::Null`).
-pub fn json_to_text(value: &Value) -> String {
+pub fn json_to_text(value: &Value) -> JsonText {
     // Serialising a `Value` cannot fail (its map keys are strings).
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+    JsonText(serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
 }
 
 /// A full `fib_flow_tasks` row as read.
@@ -67,14 +69,14 @@ pub struct TaskRow {
     pub task_type: String,
     pub status: String,
     pub priority: i32,
-    pub payload: String,
+    pub payload: JsonText,
     pub created_at: i64,
     pub tag: Option<String>,
     pub next_run_time: i64,
     pub last_active_time: Option<i64>,
     pub last_event_time: Option<i64>,
     pub last_event_type: Option<String>,
-    pub result: Option<String>,
+    pub result: Option<JsonText>,
     pub error: Option<String>,
     pub current_stage_name: Option<String>,
     pub progress_text: Option<String>,
@@ -99,7 +101,7 @@ pub struct TaskRow {
     pub attempt: i32,
     pub context: Option<Vec<u8>>,
     pub suspend_reason: Option<String>,
-    pub suspend_metadata: Option<String>,
+    pub suspend_metadata: Option<JsonText>,
     pub cron_key: Option<String>,
     pub unique_key: Option<String>,
 }
@@ -116,14 +118,14 @@ pub struct TaskValues {
     pub task_type: String,
     pub status: String,
     pub priority: i32,
-    pub payload: String,
+    pub payload: JsonText,
     pub created_at: i64,
     pub tag: Option<String>,
     pub next_run_time: i64,
     pub last_active_time: Option<i64>,
     pub last_event_time: Option<i64>,
     pub last_event_type: Option<String>,
-    pub result: Option<String>,
+    pub result: Option<JsonText>,
     pub error: Option<String>,
     pub current_stage_name: Option<String>,
     pub progress_text: Option<String>,
@@ -148,7 +150,7 @@ pub struct TaskValues {
     pub attempt: i32,
     pub context: Option<Vec<u8>>,
     pub suspend_reason: Option<String>,
-    pub suspend_metadata: Option<String>,
+    pub suspend_metadata: Option<JsonText>,
 }
 
 impl TaskRow {
@@ -167,7 +169,7 @@ impl TaskRow {
             )?,
             name: self.name,
             priority: self.priority,
-            payload: json_from_text(&self.payload, "payload", id)?,
+            payload: json_from_text(self.payload.as_str(), "payload", id)?,
             created_at: from_millis(self.created_at),
             tag: self.tag,
             next_run_time: from_millis(self.next_run_time),
@@ -176,8 +178,8 @@ impl TaskRow {
             last_event_type: self.last_event_type,
             result: self
                 .result
-                .as_deref()
-                .map(|text| json_from_text(text, "result", id))
+                .as_ref()
+                .map(|text| json_from_text(text.as_str(), "result", id))
                 .transpose()?,
             error: self.error,
             current_stage_name: self.current_stage_name,
@@ -203,8 +205,8 @@ impl TaskRow {
             suspend_reason: self.suspend_reason,
             suspend_metadata: self
                 .suspend_metadata
-                .as_deref()
-                .map(|text| json_from_text(text, "suspend_metadata", id))
+                .as_ref()
+                .map(|text| json_from_text(text.as_str(), "suspend_metadata", id))
                 .transpose()?,
             cron_key: self.cron_key,
             unique_key: self.unique_key,
@@ -357,7 +359,7 @@ pub struct EventRow {
     pub attempt: Option<i32>,
     pub event_time: i64,
     pub message: Option<String>,
-    pub metadata: String,
+    pub metadata: JsonText,
 }
 
 /// An event to insert.
@@ -376,7 +378,7 @@ pub struct NewEventRow {
     pub attempt: Option<i32>,
     pub event_time: i64,
     pub message: Option<String>,
-    pub metadata: String,
+    pub metadata: JsonText,
 }
 
 impl From<&NewEvent> for NewEventRow {
@@ -420,7 +422,7 @@ impl EventRow {
             attempt: self.attempt,
             event_time: from_millis(self.event_time),
             message: self.message,
-            metadata: json_from_text(&self.metadata, "event metadata", id)?,
+            metadata: json_from_text(self.metadata.as_str(), "event metadata", id)?,
         })
     }
 }
@@ -493,7 +495,7 @@ impl From<&NewAttempt> for NewAttemptRow {
 }
 
 /// The columns `child_results` reads.
-pub type ChildRow = (i64, String, String, Option<String>, Option<String>);
+pub type ChildRow = (i64, String, String, Option<JsonText>, Option<String>);
 
 /// Decodes a child outcome: the result for a completed child, the error for a failed one.
 pub fn child_result(row: ChildRow) -> Result<ChildResult, DecodeError> {
@@ -506,8 +508,8 @@ pub fn child_result(row: ChildRow) -> Result<ChildResult, DecodeError> {
         status,
         result: if completed {
             result
-                .as_deref()
-                .map(|text| json_from_text(text, "result", id))
+                .as_ref()
+                .map(|text| json_from_text(text.as_str(), "result", id))
                 .transpose()?
         } else {
             None
@@ -550,7 +552,7 @@ pub struct WorkerRow {
     pub expires_at: i64,
     pub superseded_at: Option<i64>,
     pub dead_at: Option<i64>,
-    pub meta: Option<String>,
+    pub meta: Option<JsonText>,
 }
 
 impl WorkerRow {
@@ -578,9 +580,9 @@ impl WorkerRow {
                 self.worker_id, self.status
             ))
         })?;
-        let meta = match self.meta.as_deref() {
+        let meta = match self.meta.as_ref() {
             None => None,
-            Some(text) => Some(serde_json::from_str(text).map_err(|error| {
+            Some(text) => Some(serde_json::from_str(text.as_str()).map_err(|error| {
                 DecodeError(format!(
                     "worker {}: stored meta is not readable JSON ({error})",
                     self.worker_id

@@ -1,11 +1,16 @@
 //! The one `diesel::table!` set every backend uses. Column types are chosen so that the same
 //! Rust row types load from SQLite, PostgreSQL and MySQL/MariaDB: `BigInt` for ids and Unix
-//! millisecond timestamps, `Integer` for counters, `Text` for strings and JSON, `Binary` for
-//! the context bytes.
+//! millisecond timestamps, `Integer` for counters, `Text` for strings, [`Json`] for JSON
+//! (`jsonb` on PostgreSQL, text elsewhere), `Binary` for the context bytes.
 
 #![allow(missing_docs)]
 
+pub use crate::json_column::Json;
+
 diesel::table! {
+    use diesel::sql_types::*;
+    use super::Json;
+
     fib_flow_tasks (id) {
         id -> BigInt,
         name -> Text,
@@ -13,14 +18,14 @@ diesel::table! {
         task_type -> Text,
         status -> Text,
         priority -> Integer,
-        payload -> Text,
+        payload -> Json,
         created_at -> BigInt,
         tag -> Nullable<Text>,
         next_run_time -> BigInt,
         last_active_time -> Nullable<BigInt>,
         last_event_time -> Nullable<BigInt>,
         last_event_type -> Nullable<Text>,
-        result -> Nullable<Text>,
+        result -> Nullable<Json>,
         error -> Nullable<Text>,
         current_stage_name -> Nullable<Text>,
         progress_text -> Nullable<Text>,
@@ -45,13 +50,16 @@ diesel::table! {
         attempt -> Integer,
         context -> Nullable<Binary>,
         suspend_reason -> Nullable<Text>,
-        suspend_metadata -> Nullable<Text>,
+        suspend_metadata -> Nullable<Json>,
         cron_key -> Nullable<Text>,
         unique_key -> Nullable<Text>,
     }
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use super::Json;
+
     fib_flow_task_events (id) {
         id -> BigInt,
         task_id -> BigInt,
@@ -65,11 +73,14 @@ diesel::table! {
         attempt -> Nullable<Integer>,
         event_time -> BigInt,
         message -> Nullable<Text>,
-        metadata -> Text,
+        metadata -> Json,
     }
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use super::Json;
+
     fib_flow_task_attempts (id) {
         id -> BigInt,
         task_id -> BigInt,
@@ -84,6 +95,9 @@ diesel::table! {
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use super::Json;
+
     fib_flow_workers (worker_id) {
         worker_id -> Text,
         pod_id -> Text,
@@ -93,7 +107,7 @@ diesel::table! {
         expires_at -> BigInt,
         superseded_at -> Nullable<BigInt>,
         dead_at -> Nullable<BigInt>,
-        meta -> Nullable<Text>,
+        meta -> Nullable<Json>,
     }
 }
 

@@ -9,6 +9,7 @@ use fib_flow_domain::{
 use fib_flow_ports::PortError;
 use serde_json::{Value, json};
 
+use crate::json_column::JsonText;
 use crate::rows::{
     TaskRow, TaskValues, child_result, created_event, json_from_text, json_to_text, normalized,
 };
@@ -109,7 +110,7 @@ fn task_rows_round_trip() {
     let task = sample_task();
     let row = row_of(&task);
     assert_eq!(
-        row.result.as_deref(),
+        row.result.as_ref().map(JsonText::as_str),
         Some("null"),
         "JSON null result is the text null"
     );
@@ -124,7 +125,7 @@ fn task_rows_round_trip() {
     no_result.payload = Value::Null;
     let row = row_of(&no_result);
     assert_eq!(row.result, None, "no result is NULL");
-    assert_eq!(row.payload, "null", "payload is never NULL");
+    assert_eq!(row.payload.as_str(), "null", "payload is never NULL");
     assert_eq!(row.into_task().ok(), Some(no_result));
 }
 
@@ -162,10 +163,10 @@ fn json_that_does_not_read_back_is_a_decode_error_not_a_string() {
     let error = json_from_text(&deep, "result", 3).expect_err("too deep");
     assert!(error.0.contains("result"), "{error:?}");
     let mut row = row_of(&sample_task());
-    row.payload = deep;
+    row.payload = JsonText(deep);
     assert!(row.into_task().is_err());
-    assert_eq!(json_to_text(&Value::Null), "null");
-    assert_eq!(json_to_text(&json!(0)), "0");
+    assert_eq!(json_to_text(&Value::Null).as_str(), "null");
+    assert_eq!(json_to_text(&json!(0)).as_str(), "0");
 }
 
 #[test]
@@ -213,8 +214,14 @@ fn created_events_and_child_results() {
     );
     assert_eq!(root_event.root_id, 9, "a root's events name itself as root");
 
-    let done =
-        child_result((1, "a".into(), "completed".into(), Some("0".into()), None)).expect("decode");
+    let done = child_result((
+        1,
+        "a".into(),
+        "completed".into(),
+        Some(JsonText("0".into())),
+        None,
+    ))
+    .expect("decode");
     assert_eq!(done.result, Some(json!(0)));
     assert_eq!(done.error, None);
     let failed = child_result((

@@ -699,12 +699,18 @@ async fn crash_test(backend: Backend, url: String, logs: PathBuf) {
         ))
         .await
         .expect("ledger");
+    // The metadata column is `jsonb` on PostgreSQL: read as its text there, as it is elsewhere.
+    let metadata = if backend == Backend::Postgres {
+        "metadata::text AS metadata"
+    } else {
+        "metadata"
+    };
     let events = admin
-        .load::<EventRow>(
-            "SELECT task_id, event_type, event_time, metadata FROM fib_flow_task_events \
+        .load::<EventRow>(&format!(
+            "SELECT task_id, event_type, event_time, {metadata} FROM fib_flow_task_events \
              WHERE event_type IN ('task_recovered', 'task_failed', 'task_timed_out', \
-             'task_permanently_failed')",
-        )
+             'task_permanently_failed')"
+        ))
         .await
         .expect("events");
     let recoveries: Vec<Recovery> = events.iter().filter_map(Recovery::of).collect();

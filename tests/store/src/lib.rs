@@ -200,6 +200,52 @@ pub async fn raw_exec(ctx: &Ctx, sql: &str) -> Result<(), String> {
     }
 }
 
+/// One `id` column of a raw query's rows.
+#[derive(diesel::QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+/// Runs a raw `SELECT` whose rows carry an `id` BIGINT column through a separate connection,
+/// as a user's own SQL would (querying inside stored JSON, say), and returns the ids in row
+/// order. Returns the database's error text on failure.
+pub async fn raw_ids(ctx: &Ctx, sql: &str) -> Result<Vec<i64>, String> {
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    let query = diesel::sql_query(sql);
+    let rows: Vec<IdRow> = match ctx.backend {
+        Backend::SqliteMemory => {
+            return Err("no second connection to a private in-memory database".into());
+        }
+        #[cfg(feature = "sqlite")]
+        Backend::SqliteFile => {
+            type C = diesel_async::sync_connection_wrapper::SyncConnectionWrapper<
+                diesel::SqliteConnection,
+            >;
+            let path = ctx.url.trim_start_matches("sqlite:");
+            let mut conn = C::establish(path).await.map_err(|e| e.to_string())?;
+            query.load(&mut conn).await.map_err(|e| e.to_string())?
+        }
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => {
+            let mut conn = diesel_async::AsyncPgConnection::establish(&ctx.url)
+                .await
+                .map_err(|e| e.to_string())?;
+            query.load(&mut conn).await.map_err(|e| e.to_string())?
+        }
+        #[cfg(feature = "mysql")]
+        Backend::Mysql => {
+            let mut conn = diesel_async::AsyncMysqlConnection::establish(&ctx.url)
+                .await
+                .map_err(|e| e.to_string())?;
+            query.load(&mut conn).await.map_err(|e| e.to_string())?
+        }
+        #[allow(unreachable_patterns)]
+        _ => return Err("backend not compiled in".into()),
+    };
+    Ok(rows.into_iter().map(|row| row.id).collect())
+}
+
 /// Creates a database, migrates and inserts on whatever runtime the caller runs (the
 /// current-thread check of `migrate`).
 pub async fn run_current_thread(backend: Backend, test: &str) {

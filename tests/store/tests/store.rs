@@ -13,7 +13,7 @@ use fib_flow_domain::{
 use fib_flow_ports::{
     BatchCommand, ClaimName, ClaimRequest, PortError, RetentionRun, SpawnRequest,
 };
-use fib_flow_store_test::{Backend, Ctx, at, child, new_task, raw_exec, store_test, t0};
+use fib_flow_store_test::{Backend, Ctx, at, child, new_task, raw_exec, raw_ids, store_test, t0};
 use serde_json::{Value, json};
 
 fn names(list: &[&str]) -> Vec<ClaimName> {
@@ -1764,6 +1764,130 @@ async fn constraints_and_malformed_rows(ctx: Ctx) {
     }
 }
 store_test!(constraints_and_malformed_rows);
+
+/// JSON is stored in each backend's JSON type (`jsonb` on PostgreSQL), so a user's own SQL can
+/// look inside payloads, results and event metadata, while every value reads back through the
+/// store unchanged.
+async fn stored_json_is_queryable_and_reads_back_unchanged(ctx: Ctx) {
+    let mut deepest = json!("bottom");
+    for _ in 0..fib_flow_domain::limits::MAX_JSON_DEPTH {
+        deepest = json!([deepest]);
+    }
+    let payloads = [
+        json!({"customer": "c1", "zeta": [1, 2.5, -3], "alpha": {"nested": true}, "": null}),
+        json!({"customer": "c2", "text": "\"quoted\" \\ back\nslash \t ☃ 😀 \u{1}"}),
+        json!({"customer": "c1", "big": u64::MAX, "small": i64::MIN, "float": 1.0, "tiny": 1.5e-7, "huge": 1e22}),
+        json!([]),
+        json!("customer"),
+        deepest,
+    ];
+    let tasks = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| fib_flow_domain::NewTask {
+            payload: payload.clone(),
+            ..new_task(&format!("json{i}"))
+        })
+        .collect();
+    let ids = ctx.store.insert_tasks(tasks).await.expect("insert");
+    for (id, payload) in ids.iter().zip(&payloads) {
+        let task = ctx.store.get_task(*id).await.expect("get").expect("exists");
+        assert_eq!(
+            &task.payload, payload,
+            "{:?}: payload of {id:?}",
+            ctx.backend
+        );
+    }
+
+    let result = json!({"invoice": {"total": 12.5, "lines": [{"sku": "a"}]}, "customer": "c1"});
+    ctx.store
+        .claim(claim_req("w", &["json0"], 1, 10))
+        .await
+        .expect("claim");
+    let done = ctx
+        .store
+        .apply(
+            ids[0],
+            Command::Complete {
+                attempt: 1,
+                result: result.clone(),
+            },
+            at(20),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(done.result, Some(result.clone()));
+    let read = ctx
+        .store
+        .get_task(ids[0])
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(read.result, Some(result));
+
+    // A string holding U+0000 cannot be jsonb; every backend refuses it alike.
+    let refused = ctx
+        .store
+        .insert_tasks(vec![fib_flow_domain::NewTask {
+            payload: json!({"customer": "nul\u{0}byte"}),
+            ..new_task("nul")
+        }])
+        .await;
+    assert!(
+        matches!(refused, Err(PortError::Rejected(_))),
+        "{:?}: {refused:?}",
+        ctx.backend
+    );
+
+    if ctx.backend == Backend::SqliteMemory {
+        return; // the SQL below needs a second connection to the same database
+    }
+    let (by_payload, by_result, by_event) = match ctx.backend {
+        Backend::Postgres => (
+            "SELECT id FROM fib_flow_tasks WHERE payload->>'customer' = 'c1' ORDER BY id",
+            "SELECT id FROM fib_flow_tasks WHERE result @> '{\"invoice\": {\"lines\": [{\"sku\": \"a\"}]}}'",
+            "SELECT task_id AS id FROM fib_flow_task_events \
+             WHERE metadata->>'name' = 'json1' AND event_type = 'task_created'",
+        ),
+        Backend::Mysql => (
+            "SELECT id FROM fib_flow_tasks \
+             WHERE JSON_UNQUOTE(JSON_EXTRACT(payload, '$.customer')) = 'c1' ORDER BY id",
+            "SELECT id FROM fib_flow_tasks WHERE JSON_EXTRACT(result, '$.invoice.lines[0].sku') = 'a'",
+            "SELECT task_id AS id FROM fib_flow_task_events \
+             WHERE JSON_VALUE(metadata, '$.name') = 'json1' AND event_type = 'task_created'",
+        ),
+        _ => (
+            "SELECT id FROM fib_flow_tasks WHERE json_extract(payload, '$.customer') = 'c1' ORDER BY id",
+            "SELECT id FROM fib_flow_tasks WHERE json_extract(result, '$.invoice.lines[0].sku') = 'a'",
+            "SELECT task_id AS id FROM fib_flow_task_events \
+             WHERE json_extract(metadata, '$.name') = 'json1' AND event_type = 'task_created'",
+        ),
+    };
+    let by_customer = raw_ids(&ctx, by_payload).await.expect("query payload");
+    assert_eq!(by_customer, vec![ids[0].0, ids[2].0], "{:?}", ctx.backend);
+    let by_sku = raw_ids(&ctx, by_result).await.expect("query result");
+    assert_eq!(by_sku, vec![ids[0].0], "{:?}", ctx.backend);
+    let created = raw_ids(&ctx, by_event).await.expect("query event metadata");
+    assert_eq!(created, vec![ids[1].0], "{:?}", ctx.backend);
+
+    if ctx.backend == Backend::Postgres {
+        // The index docs/audit.md suggests: containment queries can use it.
+        raw_exec(
+            &ctx,
+            "CREATE INDEX idx_user_payload ON fib_flow_tasks USING GIN (payload jsonb_path_ops)",
+        )
+        .await
+        .expect("a GIN index on the payload");
+        let contained = raw_ids(
+            &ctx,
+            "SELECT id FROM fib_flow_tasks WHERE payload @> '{\"customer\": \"c2\"}'",
+        )
+        .await
+        .expect("containment query");
+        assert_eq!(contained, vec![ids[1].0]);
+    }
+}
+store_test!(stored_json_is_queryable_and_reads_back_unchanged);
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread")]
