@@ -188,8 +188,8 @@ async fn recent_attempt_durations(
         ended_after: Some(since),
         ..AttemptQuery::default()
     };
-    let page = PageRequest::limit(LATENCY_SAMPLE).order(Order::Desc);
-    let page = manager.query_attempts(query, page).await?;
+    let newest = PageRequest::limit(LATENCY_SAMPLE).order(Order::Desc);
+    let page = manager.query_attempts(query, newest).await?;
     let mut durations: Vec<f64> = page
         .items
         .iter()
