@@ -12,6 +12,7 @@
 //! dedicated listener connection per store (outside the pool, started on the first
 //! `wait_for_notification`) turns them into wake-ups and reconnects after errors.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,13 +23,15 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use fib_flow_ports::{PortError, TaskStore};
+use fib_flow_domain::Task;
+use fib_flow_ports::{BatchCommand, ClaimRequest, PortError, TaskStore};
 use fib_flow_sql::error::{TxError, connection_error, db_error, pool_error};
 use fib_flow_sql::{Backend, SqlStore, Statements, StoreConfig, TxFuture};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+mod pipeline;
 mod statements;
 
 /// The PostgreSQL connection type.
@@ -71,6 +74,20 @@ impl Backend for Postgres {
         F: for<'r> FnOnce(&'r mut Conn) -> TxFuture<'r, R> + Send + 'c,
     {
         conn.transaction(async move |c| body(c).await).await
+    }
+
+    fn claim_round(
+        conn: &mut Conn,
+        request: ClaimRequest,
+    ) -> impl Future<Output = Result<Vec<Task>, TxError>> + Send {
+        pipeline::claim_round(conn, request)
+    }
+
+    fn outcome_batch(
+        conn: &mut Conn,
+        commands: Vec<BatchCommand>,
+    ) -> impl Future<Output = Result<Vec<Result<Task, PortError>>, TxError>> + Send {
+        pipeline::outcome_batch(conn, commands)
     }
 
     async fn migrate(&self) -> Result<(), PortError> {

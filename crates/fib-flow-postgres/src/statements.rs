@@ -2,8 +2,9 @@
 //! batch's writes and a chunk of new tasks each in one statement over `unnest`ed arrays (fixed
 //! text, so prepared once per connection whatever the size), and NOTIFY.
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnectionCore, RunQueryDsl};
 use fib_flow_domain::NewTask;
 use fib_flow_sql::rows::{NewEventRow, TaskRow, TaskValues, created_event};
 use fib_flow_sql::schema::Json;
@@ -61,6 +62,7 @@ impl Statements for Postgres {
         limit: i64,
         lease: Option<&str>,
     ) -> QueryResult<Vec<TaskRow>> {
+        diesel::sql_query(SET_CLAIM_PLAN).execute(conn).await?;
         select_claimable(conn, names, now, limit, lease).await
     }
 
@@ -90,8 +92,12 @@ async fn lock_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
 }
 
 /// The rows of a batch, locked `FOR UPDATE` in ascending id order (`id = ANY($1)`: one
-/// prepared shape whatever the batch size).
-async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
+/// prepared shape whatever the batch size). Generic over the connection so that a shared
+/// reference can pipeline it (see `pipeline.rs`).
+pub(crate) async fn lock_tasks<C>(conn: &mut C, ids: &[i64]) -> QueryResult<Vec<TaskRow>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     t::table
         .filter(t::id.eq_any(ids))
         .order(t::id.asc())
@@ -144,7 +150,11 @@ const WRITE_BATCH: &str = "WITH u AS (UPDATE fib_flow_tasks AS t SET \
         $50::text[], $51::int[], $52::text[], $53::int[], $54::bigint[], $55::text[], \
         $56::jsonb[])), \
   n AS (SELECT pg_notify('fib_flow_tasks', '') WHERE $57::boolean) \
-SELECT (SELECT count(*) FROM u) AS written, (SELECT count(*) FROM n) AS notified";
+SELECT fib_flow_guards_matched((SELECT count(*) FROM u), $58) AS written, \
+    (SELECT count(*) FROM n) AS notified";
+
+/// What `fib_flow_guards_matched` says when a guarded row did not match.
+const GUARD_MISSED: &str = "guarded task rows matched their guard";
 
 #[derive(QueryableByName)]
 struct BatchWritten {
@@ -158,13 +168,19 @@ fn column<R, T>(rows: &[R], get: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(get).collect()
 }
 
-async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> {
+/// Returns the rows written. A guard miss fails the statement inside the database (see
+/// migration 000005), so none of its writes happened: it is reported as 0 rows written, which
+/// the caller turns into a stale verdict for the whole batch.
+pub(crate) async fn write_batch<C>(conn: &mut C, batch: &BatchWrite) -> QueryResult<usize>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     use diesel::sql_types::{Array, BigInt, Binary, Bool, Double, Integer, Nullable, Text};
     let rows = &batch.rows;
     let opened = &batch.opened;
     let closed = &batch.closed;
     let events = &batch.events;
-    let written: BatchWritten = diesel::sql_query(WRITE_BATCH)
+    let written: QueryResult<BatchWritten> = diesel::sql_query(WRITE_BATCH)
         .bind::<Array<BigInt>, _>(column(rows, |w| w.id))
         .bind::<Array<Text>, _>(column(rows, |w| w.guard_status))
         .bind::<Array<Integer>, _>(column(rows, |w| w.guard_attempt))
@@ -222,8 +238,23 @@ async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> 
         .bind::<Array<Nullable<Text>>, _>(column(events, |r| r.message.clone()))
         .bind::<Array<Json>, _>(column(events, |r| r.metadata.clone()))
         .bind::<Bool, _>(batch.notify)
+        .bind::<BigInt, _>(i64::try_from(rows.len()).unwrap_or(i64::MAX))
         .get_result(conn)
-        .await?;
+        .await;
+    let written = match written {
+        Ok(written) => written,
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains(GUARD_MISSED) =>
+        {
+            tracing::warn!(
+                backend = Postgres::BACKEND,
+                error = info.message(),
+                "batch write refused"
+            );
+            return Ok(0);
+        }
+        Err(error) => return Err(error),
+    };
     tracing::trace!(
         backend = Postgres::BACKEND,
         rows = written.written,
@@ -369,18 +400,26 @@ async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResu
         .map(|_| ())
 }
 
+/// Makes the planner walk the claim index (see [`select_claimable`]); lasts until COMMIT.
+pub(crate) const SET_CLAIM_PLAN: &str = "SET LOCAL enable_sort = off";
+
 /// The claim must walk `idx_tasks_claim` in order and stop after `limit` rows, whatever the
 /// statistics say. Right after a bulk enqueue into a young table they say the queue is nearly
 /// empty, and the planner then fetches every due row and sorts them (40 ms per claim at
 /// 100,000 queued instead of 0.05 ms). `SET LOCAL` lasts until the claim commits.
-async fn select_claimable(
-    conn: &mut Conn,
+///
+/// Expects [`SET_CLAIM_PLAN`] to have run in the transaction; the pipelined claim
+/// sends it together with BEGIN and this select.
+pub(crate) async fn select_claimable<C>(
+    conn: &mut C,
     names: &[String],
     now: i64,
     limit: i64,
     lease: Option<&str>,
-) -> QueryResult<Vec<TaskRow>> {
-    conn.batch_execute("SET LOCAL enable_sort = off").await?;
+) -> QueryResult<Vec<TaskRow>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     t::table
         .filter(queries::is_pending())
         .filter(t::next_run_time.le(now))

@@ -41,7 +41,7 @@ pub use connection::Connection;
 pub use connection::SqliteConnection;
 pub use error::TxError;
 pub use statements::{RowByRow, Statements};
-pub use store::{Backend, SqlStore, TxFuture};
+pub use store::{Backend, SqlStore, TxFuture, batch_in_transaction, claim_in_transaction};
 
 /// How to reach the database.
 #[derive(Debug, Clone, PartialEq, Eq)]

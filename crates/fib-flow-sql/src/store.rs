@@ -54,6 +54,25 @@ pub trait Backend: Statements {
         R: Send + 'c,
         F: for<'r> FnOnce(&'r mut Self::Conn) -> TxFuture<'r, R> + Send + 'c;
 
+    /// One claim round in a transaction of its own on `conn` (see [`TaskStore::claim`]).
+    /// [`claim_in_transaction`] by default; a backend overrides it to save round trips.
+    fn claim_round(
+        conn: &mut Self::Conn,
+        request: ClaimRequest,
+    ) -> impl Future<Output = Result<Vec<Task>, TxError>> + Send {
+        claim_in_transaction::<Self>(conn, request)
+    }
+
+    /// A batch of commands in a transaction of its own on `conn` (see
+    /// [`TaskStore::apply_batch`]). [`batch_in_transaction`] by default; a backend overrides
+    /// it to save round trips.
+    fn outcome_batch(
+        conn: &mut Self::Conn,
+        commands: Vec<BatchCommand>,
+    ) -> impl Future<Output = Result<Vec<Result<Task, PortError>>, TxError>> + Send {
+        batch_in_transaction::<Self>(conn, commands)
+    }
+
     /// Applies the pending migrations (see [`TaskStore::migrate`]).
     fn migrate(&self) -> impl Future<Output = Result<(), PortError>> + Send;
 
@@ -63,6 +82,28 @@ pub trait Backend: Statements {
 
     /// Closes the pool and any background connection.
     fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// [`transitions::claim_tx`] in [`Backend::transaction`]: the default claim round.
+pub async fn claim_in_transaction<B: Backend>(
+    conn: &mut B::Conn,
+    request: ClaimRequest,
+) -> Result<Vec<Task>, TxError> {
+    B::transaction(conn, move |c| {
+        Box::pin(async move { transitions::claim_tx::<B>(c, &request).await })
+    })
+    .await
+}
+
+/// [`transitions::apply_batch_tx`] in [`Backend::transaction`]: the default outcome batch.
+pub async fn batch_in_transaction<B: Backend>(
+    conn: &mut B::Conn,
+    commands: Vec<BatchCommand>,
+) -> Result<Vec<Result<Task, PortError>>, TxError> {
+    B::transaction(conn, move |c| {
+        Box::pin(async move { transitions::apply_batch_tx::<B>(c, &commands).await })
+    })
+    .await
 }
 
 /// The [`TaskStore`] of a backend.
@@ -169,8 +210,11 @@ impl<B: Backend> TaskStore for SqlStore<B> {
         if request.names.is_empty() || request.limit == 0 {
             return Ok(Vec::new());
         }
-        self.write(move |c| Box::pin(async move { transitions::claim_tx::<B>(c, &request).await }))
+        let _writer = self.write_guard().await?;
+        let mut conn = self.backend.checkout().await?;
+        B::claim_round(&mut conn, request)
             .await
+            .map_err(|error| error.into_port(B::BACKEND))
     }
 
     async fn insert_unique(
@@ -234,10 +278,11 @@ impl<B: Backend> TaskStore for SqlStore<B> {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |c| {
-            Box::pin(async move { transitions::apply_batch_tx::<B>(c, &commands).await })
-        })
-        .await
+        let _writer = self.write_guard().await?;
+        let mut conn = self.backend.checkout().await?;
+        B::outcome_batch(&mut conn, commands)
+            .await
+            .map_err(|error| error.into_port(B::BACKEND))
     }
 
     async fn spawn_children(&self, request: SpawnRequest) -> Result<Vec<TaskId>, PortError> {

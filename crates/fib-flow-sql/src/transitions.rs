@@ -32,23 +32,27 @@ async fn load_task<S: Statements>(conn: &mut S::Conn, id: i64) -> Tx<Option<Task
     }
 }
 
-/// Writes a batch through the backend; every row must still match its guard (the batch holds
-/// their locks, so a miss is a bug or a concurrent writer that ignored the lock order, and
-/// fails the whole batch).
+/// Writes a batch through the backend; every row must still match its guard (see
+/// [`check_written`]).
 async fn write_guarded<S: Statements>(conn: &mut S::Conn, batch: &BatchWrite) -> Tx<()> {
     if batch.rows.is_empty() {
         return Ok(());
     }
     let written = S::write_batch(conn, batch).await?;
-    if written != batch.rows.len() {
-        let missed = &batch.rows[0];
-        return Err(PortError::Stale {
+    check_written(batch, written)
+}
+
+/// Fails unless every row of `batch` matched its guard. The batch holds their locks, so a miss
+/// is a bug or a concurrent writer that ignored the lock order, and fails the whole batch.
+pub fn check_written(batch: &BatchWrite, written: usize) -> Tx<()> {
+    match batch.rows.first() {
+        Some(missed) if written != batch.rows.len() => Err(PortError::Stale {
             task_id: TaskId(missed.id),
             attempt: missed.guard_attempt,
         }
-        .into());
+        .into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Persists one transition: guarded row write, attempt open/close, events.
@@ -129,14 +133,40 @@ pub async fn apply_batch_tx<S: Statements>(
     conn: &mut S::Conn,
     commands: &[BatchCommand],
 ) -> Tx<Vec<Result<Task, PortError>>> {
-    let Some(now) = commands.iter().map(|c| c.at).max() else {
-        return Ok(Vec::new());
-    };
+    let rows = S::lock_tasks(conn, &batch_ids(commands)).await?;
+    let plan = plan_batch(rows, commands)?;
+    write_guarded::<S>(conn, &plan.write).await?;
+    settle_batch_parents::<S>(conn, plan.parent_effects, plan.now).await?;
+    Ok(plan.verdicts)
+}
+
+/// The task ids a batch of commands locks, ascending and without duplicates (the lock order).
+pub fn batch_ids(commands: &[BatchCommand]) -> Vec<i64> {
     let mut ids: Vec<i64> = commands.iter().map(|c| c.task_id.0).collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut current: HashMap<i64, Task> = HashMap::with_capacity(ids.len());
-    for row in S::lock_tasks(conn, &ids).await? {
+    ids
+}
+
+/// What a batch of commands does, decided from its locked rows before anything is written.
+#[derive(Debug)]
+pub struct BatchPlan {
+    /// One verdict per command, in command order.
+    pub verdicts: Vec<Result<Task, PortError>>,
+    /// The writes of every transition that changes a row.
+    pub write: BatchWrite,
+    /// Children that settled: their parents are told after the write, in lock order.
+    pub parent_effects: Vec<ParentEffect>,
+    /// The batch's instant (its latest command's).
+    pub now: DateTime<Utc>,
+}
+
+/// Applies each command to its row (or to the row an earlier command of the batch left), as
+/// [`apply_batch_tx`] does, without touching the database.
+pub fn plan_batch(rows: Vec<TaskRow>, commands: &[BatchCommand]) -> Tx<BatchPlan> {
+    let now = commands.iter().map(|c| c.at).max().unwrap_or_default();
+    let mut current: HashMap<i64, Task> = HashMap::with_capacity(rows.len());
+    for row in rows {
         let task = row.into_task()?;
         current.insert(task.id.0, task);
     }
@@ -162,13 +192,25 @@ pub async fn apply_batch_tx<S: Statements>(
             }
         }
     }
-    if transitions.is_empty() {
-        return Ok(verdicts);
-    }
-    write_guarded::<S>(conn, &BatchWrite::of(&transitions, now)).await?;
-    let mut effects: Vec<ParentEffect> =
+    let write = BatchWrite::of(&transitions, now);
+    let mut parent_effects: Vec<ParentEffect> =
         transitions.into_iter().filter_map(|tr| tr.parent).collect();
-    effects.sort_by_key(|effect| (effect.parent_id.0, effect.round, effect.child_id.0));
+    parent_effects.sort_by_key(|effect| (effect.parent_id.0, effect.round, effect.child_id.0));
+    Ok(BatchPlan {
+        verdicts,
+        write,
+        parent_effects,
+        now,
+    })
+}
+
+/// Tells the parents of a batch's settled children (sorted by parent, round and child), each
+/// in this transaction after the batch's own write.
+pub async fn settle_batch_parents<S: Statements>(
+    conn: &mut S::Conn,
+    effects: Vec<ParentEffect>,
+    now: DateTime<Utc>,
+) -> Tx<()> {
     for (index, effect) in effects.iter().enumerate() {
         let later_siblings = effects[index + 1..]
             .iter()
@@ -176,7 +218,7 @@ pub async fn apply_batch_tx<S: Statements>(
             .count();
         settle_parents::<S>(conn, Some(*effect), now, later_siblings as i64).await?;
     }
-    Ok(verdicts)
+    Ok(())
 }
 
 /// Inserts tasks a chunk per statement where the backend can (ids in input order on every
@@ -270,6 +312,14 @@ async fn claim_candidates<S: Statements>(
 /// One claim round (see `TaskStore::claim`).
 pub async fn claim_tx<S: Statements>(conn: &mut S::Conn, request: &ClaimRequest) -> Tx<Vec<Task>> {
     let rows = claim_candidates::<S>(conn, request).await?;
+    let (claimed, write) = plan_claim(rows, request)?;
+    write_guarded::<S>(conn, &write).await?;
+    Ok(claimed)
+}
+
+/// Claims the selected rows for `request`'s worker: the claimed tasks, and the writes that
+/// record it (rows, opened attempts, events), decided without touching the database.
+pub fn plan_claim(rows: Vec<TaskRow>, request: &ClaimRequest) -> Tx<(Vec<Task>, BatchWrite)> {
     let mut claimed = Vec::with_capacity(rows.len());
     let mut transitions = Vec::with_capacity(rows.len());
     for row in rows {
@@ -282,15 +332,14 @@ pub async fn claim_tx<S: Statements>(conn: &mut S::Conn, request: &ClaimRequest)
             Err(error) => {
                 // The query only returns due pending rows, so this means the domain and the
                 // query disagree; skip the row rather than fail the whole round.
-                tracing::warn!(backend = S::BACKEND, task_id = %before.id, %error, "claim rejected by the domain");
+                tracing::warn!(task_id = %before.id, %error, "claim rejected by the domain");
                 continue;
             }
         };
         claimed.push(normalized(&tr.task));
         transitions.push(tr);
     }
-    write_guarded::<S>(conn, &BatchWrite::of(&transitions, request.now)).await?;
-    Ok(claimed)
+    Ok((claimed, BatchWrite::of(&transitions, request.now)))
 }
 
 /// Heartbeats, one UPDATE per attempt by primary key in ascending id order (no transaction).

@@ -1,0 +1,394 @@
+//! Claim rounds and outcome batches as pipelined transactions: BEGIN travels to the server
+//! with the statements that read the rows, and COMMIT with the statement that writes them,
+//! so each costs two round trips instead of four or five. tokio-postgres pipelines requests
+//! that are in flight together on one connection, and the server runs them in the order sent.
+//!
+//! diesel-async's transaction manager sends BEGIN on its own and waits for it, so these
+//! transactions are opened and ended by hand. Until one has ended (COMMIT or ROLLBACK
+//! answered), the connection is marked as unusable: if the future is dropped half-way or the
+//! connection fails, the pool discards it instead of handing out a connection that is still
+//! inside a transaction.
+
+use diesel::connection::TransactionManagerStatus;
+use diesel::result::QueryResult;
+use diesel_async::{AnsiTransactionManager, RunQueryDsl, TransactionManager};
+use fib_flow_domain::Task;
+use fib_flow_domain::time::to_millis;
+use fib_flow_ports::{BatchCommand, ClaimRequest, PortError};
+use fib_flow_sql::TxError;
+use fib_flow_sql::rows::TaskRow;
+use fib_flow_sql::transitions::{
+    BatchPlan, batch_ids, check_written, plan_batch, plan_claim, settle_batch_parents,
+};
+use fib_flow_sql::write_plan::{BatchWrite, candidate_queries, merge_candidates};
+use futures_util::future::{BoxFuture, join, join_all, join3};
+
+use crate::statements::{SET_CLAIM_PLAN, lock_tasks, select_claimable, write_batch};
+use crate::{Conn, Postgres};
+
+/// One statement without rows, on a shared reference so that it can be pipelined.
+fn run<'a>(conn: &'a Conn, sql: &'static str) -> BoxFuture<'a, QueryResult<usize>> {
+    let mut shared = conn;
+    diesel::sql_query(sql).execute(&mut shared)
+}
+
+fn select_shared<'a>(
+    conn: &'a Conn,
+    names: &'a [String],
+    now: i64,
+    limit: i64,
+    lease: Option<&'a str>,
+) -> BoxFuture<'a, QueryResult<Vec<TaskRow>>> {
+    let mut shared = conn;
+    Box::pin(async move { select_claimable(&mut shared, names, now, limit, lease).await })
+}
+
+fn lock_shared<'a>(conn: &'a Conn, ids: &'a [i64]) -> BoxFuture<'a, QueryResult<Vec<TaskRow>>> {
+    let mut shared = conn;
+    Box::pin(async move { lock_tasks(&mut shared, ids).await })
+}
+
+fn write_shared<'a>(conn: &'a Conn, batch: &'a BatchWrite) -> BoxFuture<'a, QueryResult<usize>> {
+    let mut shared = conn;
+    Box::pin(async move { write_batch(&mut shared, batch).await })
+}
+
+/// Marks `conn` as inside a transaction opened by hand (see the module doc).
+fn hold(conn: &mut Conn) {
+    AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
+}
+
+/// The transaction opened by hand has ended: the pool may hand `conn` out again.
+fn release(conn: &mut Conn) {
+    *AnsiTransactionManager::transaction_manager_status_mut(conn) =
+        TransactionManagerStatus::default();
+}
+
+/// Ends a failed transaction opened by hand, then returns its error. A connection whose
+/// ROLLBACK fails stays held, so the pool discards it.
+async fn abort<R>(conn: &mut Conn, error: TxError) -> Result<R, TxError> {
+    if run(conn, "ROLLBACK").await.is_ok() {
+        release(conn);
+    }
+    Err(error)
+}
+
+/// Writes `batch` and commits in one round trip. The write statement fails by itself when a
+/// guard misses (see `write_batch`), so the COMMIT behind it then rolls back: nothing of a
+/// half-matched batch is ever committed.
+async fn write_and_commit(conn: &mut Conn, batch: &BatchWrite) -> Result<(), TxError> {
+    let (written, committed) = if batch.rows.is_empty() {
+        (Ok(0), run(conn, "COMMIT").await)
+    } else {
+        join(write_shared(conn, batch), run(conn, "COMMIT")).await
+    };
+    match (written, committed) {
+        (Ok(written), Ok(_)) => {
+            release(conn);
+            check_written(batch, written)
+        }
+        // The write's error aborted the transaction, and PostgreSQL answers a COMMIT of an
+        // aborted transaction by rolling it back: it has ended.
+        (Err(error), Ok(_)) => {
+            release(conn);
+            Err(error.into())
+        }
+        (Err(error), Err(_)) | (Ok(_), Err(error)) => abort(conn, error.into()).await,
+    }
+}
+
+/// A claim round in two round trips: BEGIN, `SET LOCAL` and the SKIP LOCKED selects (one per
+/// candidate query of the claim plan) together, then the write and COMMIT together.
+pub(crate) async fn claim_round(
+    conn: &mut Conn,
+    request: ClaimRequest,
+) -> Result<Vec<Task>, TxError> {
+    let queries = candidate_queries(&request);
+    let now = to_millis(request.now);
+    let lease = request
+        .require_active_lease
+        .then_some(request.worker_id.as_str());
+    hold(conn);
+    let shared: &Conn = conn;
+    let selects = queries
+        .iter()
+        .map(|query| select_shared(shared, &query.names, now, query.limit, lease));
+    let (begun, planner_set, selected) = join3(
+        run(shared, "BEGIN"),
+        run(shared, SET_CLAIM_PLAN),
+        join_all(selects),
+    )
+    .await;
+    let candidates = begun.and(planner_set).map_err(TxError::from).and_then(|_| {
+        let mut rows = Vec::new();
+        for (query, found) in queries.iter().zip(selected) {
+            rows.extend(query.admit(found?));
+        }
+        Ok(merge_candidates(rows, request.limit))
+    });
+    match candidates.and_then(|rows| plan_claim(rows, &request)) {
+        Ok((claimed, batch)) => write_and_commit(conn, &batch).await.map(|()| claimed),
+        Err(error) => abort(conn, error).await,
+    }
+}
+
+/// An outcome batch (never empty: the store answers an empty one itself) in two round trips
+/// when no child settles: BEGIN with the rows' `FOR
+/// UPDATE`, then the write with COMMIT. Settling parents reads more rows, so a batch with
+/// settled children writes, settles and commits one statement at a time.
+pub(crate) async fn outcome_batch(
+    conn: &mut Conn,
+    commands: Vec<BatchCommand>,
+) -> Result<Vec<Result<Task, PortError>>, TxError> {
+    hold(conn);
+    let ids = batch_ids(&commands);
+    let shared: &Conn = conn;
+    let (begun, locked) = join(run(shared, "BEGIN"), lock_shared(shared, &ids)).await;
+    let planned = begun
+        .and(locked)
+        .map_err(TxError::from)
+        .and_then(|rows| plan_batch(rows, &commands));
+    let BatchPlan {
+        verdicts,
+        write,
+        parent_effects,
+        now,
+    } = match planned {
+        Ok(plan) => plan,
+        Err(error) => return abort(conn, error).await,
+    };
+    if parent_effects.is_empty() {
+        return write_and_commit(conn, &write).await.map(|()| verdicts);
+    }
+    let settled = async {
+        if !write.rows.is_empty() {
+            let written = write_batch(&mut *conn, &write).await?;
+            check_written(&write, written)?;
+        }
+        settle_batch_parents::<Postgres>(conn, parent_effects, now).await
+    }
+    .await;
+    match settled {
+        Ok(()) => match run(conn, "COMMIT").await {
+            Ok(_) => {
+                release(conn);
+                Ok(verdicts)
+            }
+            Err(error) => abort(conn, error.into()).await,
+        },
+        Err(error) => abort(conn, error).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use diesel::sql_types::BigInt;
+    use diesel_async::AsyncConnection;
+    use diesel_async::pooled_connection::PoolableConnection;
+    use fib_flow_domain::time::from_millis;
+    use fib_flow_domain::{NewTask, RetryBackoff, TaskType};
+    use fib_flow_sql::StoreConfig;
+    use fib_flow_test_support::{Backend, DatabaseAdmin, TestDatabase};
+    use serde_json::Value;
+
+    use super::*;
+
+    struct Admin;
+
+    impl DatabaseAdmin for Admin {
+        type Error = PortError;
+
+        async fn create_database(&self, server_url: &str, name: &str) -> Result<String, PortError> {
+            crate::create_database(server_url, name).await?;
+            // The test server URLs name a database and carry no query string.
+            let server = server_url
+                .rsplit_once('/')
+                .map_or(server_url, |(server, _)| server);
+            Ok(format!("{server}/{name}"))
+        }
+
+        async fn drop_database(&self, server_url: &str, name: &str) -> Result<(), PortError> {
+            crate::drop_database(server_url, name).await
+        }
+    }
+
+    /// A fresh, migrated database with one due task, and a raw connection to it; `None` (and
+    /// why) when no PostgreSQL server is configured outside CI.
+    async fn database_with_a_task(test: &str) -> Option<(TestDatabase<Admin>, Conn, i64)> {
+        let db = match TestDatabase::create(Admin, Backend::Postgres, test).await {
+            Ok(db) => db,
+            Err(error) if error.is_skip() => {
+                eprintln!("skipped {test}: {error}");
+                return None;
+            }
+            Err(error) => panic!("{test}: {error}"),
+        };
+        let store = crate::connect(db.url().to_owned(), &StoreConfig::new(db.url()))
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        let created = from_millis(1_700_000_000_000);
+        let ids = store
+            .insert_tasks(vec![NewTask {
+                name: "pipelined".into(),
+                task_type: TaskType::Async,
+                priority: 0,
+                payload: Value::Null,
+                tag: None,
+                next_run_time: created,
+                timeout: Some(Duration::from_secs(60)),
+                max_retries: 0,
+                retry_interval: Duration::ZERO,
+                retry_backoff: RetryBackoff::Fixed,
+                cron_expr: None,
+                timezone: None,
+                root_id: None,
+                parent_id: None,
+                parent_round: None,
+                created_at: created,
+            }])
+            .await
+            .expect("insert");
+        store.close().await;
+        let conn = Conn::establish(db.url()).await.expect("raw connection");
+        Some((db, conn, ids[0].0))
+    }
+
+    fn claim_request() -> ClaimRequest {
+        ClaimRequest {
+            worker_id: "w1".into(),
+            now: from_millis(1_700_000_001_000),
+            limit: 10,
+            names: vec![fib_flow_ports::ClaimName {
+                name: "pipelined".into(),
+                max: None,
+                queue: "default".into(),
+            }],
+            queue_caps: Vec::new(),
+            require_active_lease: false,
+        }
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+
+    async fn count(conn: &mut Conn, sql: &'static str) -> i64 {
+        diesel::sql_query(sql)
+            .get_result::<Count>(conn)
+            .await
+            .expect(sql)
+            .n
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_claim_commits_the_row_its_attempt_and_its_events() {
+        let Some((db, mut conn, id)) =
+            database_with_a_task("a_pipelined_claim_commits_the_row_its_attempt_and_its_events")
+                .await
+        else {
+            return;
+        };
+        let claimed = claim_round(&mut conn, claim_request())
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id.0, id);
+        assert!(!conn.is_broken(), "the connection is reusable after COMMIT");
+        let running = count(
+            &mut conn,
+            "SELECT count(*) AS n FROM fib_flow_tasks WHERE status = 'running' AND attempt = 1",
+        )
+        .await;
+        let attempts = count(
+            &mut conn,
+            "SELECT count(*) AS n FROM fib_flow_task_attempts",
+        )
+        .await;
+        let events = count(
+            &mut conn,
+            "SELECT count(*) AS n FROM fib_flow_task_events \
+             WHERE event_type IN ('task_claimed', 'task_started')",
+        )
+        .await;
+        assert_eq!((running, attempts, events), (1, 1, 2));
+        drop(conn);
+        db.destroy().await.expect("drop database");
+    }
+
+    #[tokio::test]
+    async fn a_guard_miss_behind_a_pipelined_commit_commits_nothing() {
+        let Some((db, mut conn, id)) =
+            database_with_a_task("a_guard_miss_behind_a_pipelined_commit_commits_nothing").await
+        else {
+            return;
+        };
+        // The rows the claim read, as the claim planned them; then a writer that ignores the
+        // row locks changes the row before the write, so its guard no longer matches.
+        hold(&mut conn);
+        run(&conn, "BEGIN").await.expect("begin");
+        let rows = select_shared(&conn, &["pipelined".to_owned()], i64::MAX, 10, None)
+            .await
+            .expect("select");
+        let (_, batch) = plan_claim(rows, &claim_request()).expect("plan");
+        diesel::sql_query("UPDATE fib_flow_tasks SET attempt = 7 WHERE id = $1")
+            .bind::<BigInt, _>(id)
+            .execute(&mut conn)
+            .await
+            .expect("the interfering write");
+        let written = write_and_commit(&mut conn, &batch).await;
+        assert!(
+            matches!(written, Err(TxError::Port(PortError::Stale { .. }))),
+            "{written:?}"
+        );
+        assert!(!conn.is_broken(), "the transaction has ended: rolled back");
+        // Rolled back as a whole: the interfering write (same transaction) and no attempt or
+        // claim event for a row that was not claimed.
+        let attempts = count(
+            &mut conn,
+            "SELECT count(*) AS n FROM fib_flow_task_attempts",
+        )
+        .await;
+        let claim_events = count(
+            &mut conn,
+            "SELECT count(*) AS n FROM fib_flow_task_events WHERE event_type = 'task_claimed'",
+        )
+        .await;
+        let untouched = count(
+            &mut conn,
+            "SELECT count(*) AS n FROM fib_flow_tasks WHERE status = 'pending' AND attempt = 0",
+        )
+        .await;
+        assert_eq!((attempts, claim_events, untouched), (0, 0, 1));
+        drop(conn);
+        db.destroy().await.expect("drop database");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_left_open_marks_the_connection_broken_for_the_pool() {
+        let Some((db, mut conn, _)) = database_with_a_task(
+            "a_transaction_left_open_marks_the_connection_broken_for_the_pool",
+        )
+        .await
+        else {
+            return;
+        };
+        // What a claim future dropped between BEGIN and COMMIT leaves behind.
+        hold(&mut conn);
+        run(&conn, "BEGIN").await.expect("begin");
+        assert!(conn.is_broken(), "the pool must discard it");
+        let aborted: Result<(), TxError> = abort(
+            &mut conn,
+            TxError::Port(PortError::NotFound(fib_flow_domain::TaskId(1))),
+        )
+        .await;
+        assert!(aborted.is_err());
+        assert!(!conn.is_broken(), "rolled back: reusable");
+        drop(conn);
+        db.destroy().await.expect("drop database");
+    }
+}

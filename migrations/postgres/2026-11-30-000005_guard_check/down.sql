@@ -1,0 +1,1 @@
+DROP FUNCTION fib_flow_guards_matched(BIGINT, BIGINT);
