@@ -22,6 +22,8 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "sqlite")]
+pub mod blocking;
 mod connection;
 pub mod error;
 pub mod json_column;

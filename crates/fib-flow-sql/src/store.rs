@@ -54,6 +54,20 @@ pub trait Backend: Statements {
         R: Send + 'c,
         F: for<'r> FnOnce(&'r mut Self::Conn) -> TxFuture<'r, R> + Send + 'c;
 
+    /// Runs `body` in one transaction (see [`Backend::transaction`]) on a pooled connection,
+    /// which is returned to the pool afterwards. A backend whose statements are blocking calls
+    /// overrides it to run the whole transaction in one.
+    fn run_transaction<R, F>(
+        mut conn: Self::Pooled,
+        body: F,
+    ) -> impl Future<Output = Result<R, TxError>> + Send
+    where
+        R: Send + 'static,
+        F: for<'r> FnOnce(&'r mut Self::Conn) -> TxFuture<'r, R> + Send + 'static,
+    {
+        async move { Self::transaction(&mut *conn, body).await }
+    }
+
     /// Applies the pending migrations (see [`TaskStore::migrate`]).
     fn migrate(&self) -> impl Future<Output = Result<(), PortError>> + Send;
 
@@ -110,12 +124,12 @@ impl<B: Backend> SqlStore<B> {
     /// Runs `body` in a write transaction.
     async fn write<R, F>(&self, body: F) -> Result<R, PortError>
     where
-        R: Send,
-        F: for<'r> FnOnce(&'r mut B::Conn) -> TxFuture<'r, R> + Send,
+        R: Send + 'static,
+        F: for<'r> FnOnce(&'r mut B::Conn) -> TxFuture<'r, R> + Send + 'static,
     {
         let _writer = self.write_guard().await?;
-        let mut conn = self.backend.checkout().await?;
-        B::transaction(&mut *conn, body)
+        let conn = self.backend.checkout().await?;
+        B::run_transaction(conn, body)
             .await
             .map_err(|error| error.into_port(B::BACKEND))
     }
