@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use diesel::connection::AnsiTransactionManager;
 use diesel::prelude::*;
+use deadpool::managed::QueueMode;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
@@ -244,8 +245,12 @@ pub async fn connect(
     });
     let manager = AsyncDieselConnectionManager::<Conn>::new_with_config(url, manager_config);
     let size = if file { config.pool_size.max(1) } else { 1 };
+    // Most recently returned first: the single writer then reuses one connection, whose page
+    // cache stays valid between its own transactions. SQLite drops a connection's cache
+    // whenever another connection has written, so rotating through the pool re-reads pages.
     let pool = Pool::builder(manager)
         .max_size(size)
+        .queue_mode(QueueMode::Lifo)
         .wait_timeout(Some(config.acquire_timeout))
         .create_timeout(Some(config.acquire_timeout))
         .runtime(deadpool::Runtime::Tokio1)
