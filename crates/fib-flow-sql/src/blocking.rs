@@ -86,12 +86,13 @@ mod tests {
     #[tokio::test]
     async fn statements_leave_the_async_thread_unless_run_in_place() {
         use diesel_async::AsyncConnection;
-        let mut conn = SqliteConnection::establish(":memory:")
-            .await
-            .expect("open");
+        let mut conn = SqliteConnection::establish(":memory:").await.expect("open");
         let here = std::thread::current().id();
         let pooled = statement_thread(&mut conn).await.expect("statement");
-        assert_ne!(pooled, here, "outside, a statement runs on the blocking pool");
+        assert_ne!(
+            pooled, here,
+            "outside, a statement runs on the blocking pool"
+        );
 
         let runtime = tokio::runtime::Handle::current();
         let (caller, ran_on, after) = tokio::task::spawn_blocking(move || {

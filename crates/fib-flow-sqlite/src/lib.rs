@@ -21,9 +21,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use deadpool::managed::QueueMode;
 use diesel::connection::AnsiTransactionManager;
 use diesel::prelude::*;
-use deadpool::managed::QueueMode;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
@@ -33,8 +33,8 @@ use diesel_async::{AsyncConnection, SimpleAsyncConnection, TransactionManager};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use fib_flow_ports::{PortError, TaskStore};
 pub use fib_flow_sql::SqliteConnection as Conn;
-use fib_flow_sql::error::{TxError, connection_error, db_error, is_transient_text, pool_error};
 use fib_flow_sql::blocking::statements_in_place;
+use fib_flow_sql::error::{TxError, connection_error, db_error, is_transient_text, pool_error};
 use fib_flow_sql::{Backend, SqlStore, Statements, StoreConfig, TxFuture};
 
 mod statements;
@@ -78,8 +78,10 @@ impl Backend for Sqlite {
     {
         // diesel-async's `immediate_transaction`, which it only offers with its own spawner.
         type Manager = SyncTransactionManagerWrapper<AnsiTransactionManager>;
-        conn.spawn_blocking(|c| AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"))
-            .await?;
+        conn.spawn_blocking(|c| {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+        })
+        .await?;
         match body(conn).await {
             Ok(value) => {
                 Manager::commit_transaction(conn).await?;

@@ -2,15 +2,14 @@
 //! excludes other writers, so "locking" reads are plain reads.
 //!
 //! The hot statements (a batch's reads and writes, the claim's select, inserts) run on the
-//! wrapped sync connection, in one blocking call each, and are prepared once per connection
-//! ([`Cached`]): a SQLite statement executes in microseconds, while preparing it again (as
-//! diesel does for every UPDATE) or collecting its binds for the async wrapper costs several
-//! times that. Rows are written one cached statement each, like `executemany`, instead of in
-//! multi-row statements whose text changes with the row count.
+//! wrapped sync connection, in one blocking call each: diesel-async's wrapper would collect
+//! every statement's binds into owned buffers and rows into owned rows first. The guarded row
+//! updates are prepared once per connection ([`Update`]): a SQLite statement executes in
+//! microseconds, while diesel prepares every UPDATE afresh, which costs several times that.
 
 use diesel::SqliteConnection;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sqlite::Sqlite as Dialect;
 use diesel_async::RunQueryDsl;
 use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper};
@@ -51,10 +50,10 @@ impl Statements for Sqlite {
         conn.spawn_blocking(move |c| {
             let mut rows = Vec::with_capacity(ids.len());
             for id in ids {
+                // No `first()`: SQLite prepares a statement with `LIMIT ?` again whenever
+                // the limit is bound anew.
                 let query = t::table.find(id).select(TaskRow::as_select());
-                if let Some(row) = diesel::RunQueryDsl::first(query, c).optional()? {
-                    rows.push(row);
-                }
+                rows.extend(diesel::RunQueryDsl::load::<TaskRow>(query, c)?);
             }
             Ok(rows)
         })
@@ -108,7 +107,7 @@ impl Statements for Sqlite {
                 .order((t::priority.desc(), t::next_run_time.asc(), t::id.asc()))
                 .limit(limit)
                 .select(TaskRow::as_select());
-            diesel::RunQueryDsl::load(Cached(query), c)
+            diesel::RunQueryDsl::load(query, c)
         })
         .await
     }
@@ -129,71 +128,79 @@ impl Statements for Sqlite {
     }
 }
 
-/// A statement prepared once per connection and reused: its SQL text is the statement cache's
-/// key. diesel refuses to cache an UPDATE, a literal SQL fragment or an `IN` list (their text
-/// may change from call to call, and its own key is the statement's type); keyed on the text,
-/// every variant simply gets its own entry.
-struct Cached<Q>(Q);
+/// `UPDATE table SET <set> WHERE <filter>`, prepared once per connection: its SQL text is its
+/// statement-cache key. diesel flags its own UPDATE as never cacheable (an update's text can
+/// vary between calls of one Rust type, and diesel's key is the type), so every row write
+/// would be parsed and planned again; keyed on the text, each variant gets its own entry. The
+/// changeset and the filter are diesel's.
+struct Update<S, F> {
+    /// The table's name.
+    table: &'static str,
+    /// The changeset.
+    set: S,
+    /// The row filter.
+    filter: F,
+}
 
-impl<Q: QueryFragment<Dialect>> QueryFragment<Dialect> for Cached<Q> {
-    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Dialect>) -> QueryResult<()> {
-        self.0.walk_ast(pass)
-    }
-
-    fn is_safe_to_cache_prepared(&self, _backend: &Dialect) -> QueryResult<bool> {
-        Ok(true)
+impl<S: QueryFragment<Dialect>, F: QueryFragment<Dialect>> QueryFragment<Dialect> for Update<S, F> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Dialect>) -> QueryResult<()> {
+        out.push_sql("UPDATE ");
+        out.push_identifier(self.table)?;
+        out.push_sql(" SET ");
+        self.set.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        self.filter.walk_ast(out.reborrow())
     }
 }
 
 /// No type-based key: the statement cache then keys on the SQL text.
-impl<Q> QueryId for Cached<Q> {
+impl<S, F> QueryId for Update<S, F> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<Q: Query> Query for Cached<Q> {
-    type SqlType = Q::SqlType;
-}
-
-impl<Q> diesel::RunQueryDsl<SqliteConnection> for Cached<Q> {}
+impl<S, F> diesel::RunQueryDsl<SqliteConnection> for Update<S, F> {}
 
 /// Every write of a batch: each task row under its guard, opened attempts, closed attempts,
 /// events. Returns how many task rows matched their guard.
 fn write_batch(c: &mut SqliteConnection, batch: &BatchWrite) -> QueryResult<usize> {
     let mut written = 0;
     for write in &batch.rows {
-        let update = diesel::update(
-            t::table
-                .filter(t::id.eq(write.id))
-                .filter(t::status.eq(write.guard_status))
-                .filter(t::attempt.eq(write.guard_attempt)),
-        )
-        .set(&write.values);
-        written += diesel::RunQueryDsl::execute(Cached(update), c)?;
+        let update = Update {
+            table: "fib_flow_tasks",
+            set: (&write.values).as_changeset(),
+            filter: t::id
+                .eq(write.id)
+                .and(t::status.eq(write.guard_status))
+                .and(t::attempt.eq(write.guard_attempt)),
+        };
+        written += diesel::RunQueryDsl::execute(update, c)?;
     }
-    for row in &batch.opened {
-        diesel::RunQueryDsl::execute(diesel::insert_into(a::table).values(row), c)?;
+    for chunk in batch.opened.chunks(CHUNK) {
+        diesel::RunQueryDsl::execute(diesel::insert_into(a::table).values(chunk), c)?;
     }
     for close in &batch.closed {
-        let update = diesel::update(
-            a::table
-                .filter(a::task_id.eq(close.task_id))
-                .filter(a::attempt.eq(close.attempt))
-                .filter(a::ended_at.is_null()),
-        )
-        .set((
-            a::ended_at.eq(close.ended_at),
-            a::outcome.eq(&close.outcome),
-            a::error.eq(&close.error),
-            a::timeout_flag.eq(close.timeout_flag),
-        ));
-        diesel::RunQueryDsl::execute(Cached(update), c)?;
+        let update = Update {
+            table: "fib_flow_task_attempts",
+            set: (
+                a::ended_at.eq(close.ended_at),
+                a::outcome.eq(&close.outcome),
+                a::error.eq(&close.error),
+                a::timeout_flag.eq(close.timeout_flag),
+            )
+                .as_changeset(),
+            filter: a::task_id
+                .eq(close.task_id)
+                .and(a::attempt.eq(close.attempt))
+                .and(a::ended_at.is_null()),
+        };
+        diesel::RunQueryDsl::execute(update, c)?;
     }
     insert_event_rows(c, &batch.events)?;
     Ok(written)
 }
 
-/// New task rows, one cached `INSERT … RETURNING id` each (ids in input order).
+/// New task rows, one `INSERT … RETURNING id` each (ids in input order).
 fn insert_task_rows(c: &mut SqliteConnection, rows: &[TaskValues]) -> QueryResult<Vec<i64>> {
     rows.iter()
         .map(|row| {
@@ -205,10 +212,11 @@ fn insert_task_rows(c: &mut SqliteConnection, rows: &[TaskValues]) -> QueryResul
         .collect()
 }
 
-/// Events, one cached `INSERT` each.
+/// Events, a multi-row `INSERT` per chunk (diesel caches no insert of this row type, so one
+/// statement to prepare per chunk beats one per row).
 fn insert_event_rows(c: &mut SqliteConnection, rows: &[NewEventRow]) -> QueryResult<()> {
-    for row in rows {
-        diesel::RunQueryDsl::execute(diesel::insert_into(e::table).values(row), c)?;
+    for chunk in rows.chunks(CHUNK) {
+        diesel::RunQueryDsl::execute(diesel::insert_into(e::table).values(chunk), c)?;
     }
     Ok(())
 }
@@ -252,4 +260,83 @@ where
         .await
         .map_err(|error| db_error(Sqlite::BACKEND, error))?;
     Ok(ids.into_iter().map(TaskId).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use diesel::Connection as _;
+    use diesel::connection::InstrumentationEvent;
+    use diesel_migrations::MigrationHarness;
+    use fib_flow_domain::{RetryBackoff, TaskType};
+    use fib_flow_sql::write_plan::RowWrite;
+
+    use super::*;
+
+    fn new_task() -> NewTask {
+        let at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap_or_default();
+        NewTask {
+            name: "job".to_owned(),
+            task_type: TaskType::Async,
+            priority: 0,
+            payload: serde_json::json!({}),
+            tag: None,
+            next_run_time: at,
+            timeout: Some(Duration::from_secs(60)),
+            max_retries: 3,
+            retry_interval: Duration::ZERO,
+            retry_backoff: RetryBackoff::Fixed,
+            cron_expr: None,
+            timezone: None,
+            root_id: None,
+            parent_id: None,
+            parent_round: None,
+            created_at: at,
+        }
+    }
+
+    /// A batch claiming task `id` (pending, attempt 0 → running, attempt 1), with one event.
+    fn claim_of(task: &NewTask, id: i64) -> BatchWrite {
+        let mut values = TaskValues::from_new(task);
+        values.status = "running".to_owned();
+        values.attempt = 1;
+        BatchWrite {
+            rows: vec![RowWrite {
+                id,
+                guard_status: "pending",
+                guard_attempt: 0,
+                values,
+            }],
+            events: vec![created_event(task, TaskId(id))],
+            ..BatchWrite::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_prepares_its_row_update_once_per_connection() {
+        let mut c = SqliteConnection::establish(":memory:").expect("open");
+        c.run_pending_migrations(crate::MIGRATIONS)
+            .expect("migrate");
+        let task = new_task();
+        let ids = insert_created(&mut c, &[task.clone(), task.clone()]).expect("insert");
+        let prepared = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&prepared);
+        c.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::CacheQuery { sql, .. } = event {
+                seen.lock().expect("not poisoned").push(sql.to_owned());
+            }
+        });
+
+        assert_eq!(write_batch(&mut c, &claim_of(&task, ids[0])), Ok(1));
+        let first = prepared.lock().expect("not poisoned").len();
+        assert_eq!(first, 1, "the row update is cached");
+        assert_eq!(write_batch(&mut c, &claim_of(&task, ids[1])), Ok(1));
+        assert_eq!(
+            prepared.lock().expect("not poisoned").len(),
+            first,
+            "a second batch of the same shape reuses every statement"
+        );
+    }
 }
