@@ -12,7 +12,6 @@
 //! dedicated listener connection per store (outside the pool, started on the first
 //! `wait_for_notification`) turns them into wake-ups and reconnects after errors.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,18 +75,18 @@ impl Backend for Postgres {
         conn.transaction(async move |c| body(c).await).await
     }
 
-    fn claim_round(
-        conn: &mut Conn,
+    async fn claim_round(
+        mut conn: Object<Conn>,
         request: ClaimRequest,
-    ) -> impl Future<Output = Result<Vec<Task>, TxError>> + Send {
-        pipeline::claim_round(conn, request)
+    ) -> Result<Vec<Task>, TxError> {
+        pipeline::claim_round(&mut conn, request).await
     }
 
-    fn outcome_batch(
-        conn: &mut Conn,
+    async fn outcome_batch(
+        mut conn: Object<Conn>,
         commands: Vec<BatchCommand>,
-    ) -> impl Future<Output = Result<Vec<Result<Task, PortError>>, TxError>> + Send {
-        pipeline::outcome_batch(conn, commands)
+    ) -> Result<Vec<Result<Task, PortError>>, TxError> {
+        pipeline::outcome_batch(&mut conn, commands).await
     }
 
     async fn migrate(&self) -> Result<(), PortError> {

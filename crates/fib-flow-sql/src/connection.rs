@@ -5,10 +5,13 @@
 //! `ToSql`, each clause's `QueryFragment`), so the shared statements match on the connection
 //! instead, the way diesel's own `MultiConnection` does.
 
-/// The SQLite connection type of every SQLite store.
+/// The SQLite connection type of every SQLite store: diesel's sync connection, its statements
+/// run by [`crate::blocking::SqliteSpawner`].
 #[cfg(feature = "sqlite")]
-pub type SqliteConnection =
-    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>;
+pub type SqliteConnection = diesel_async::sync_connection_wrapper::SyncConnectionWrapper<
+    diesel::SqliteConnection,
+    crate::blocking::SqliteSpawner,
+>;
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 compile_error!("fib-flow-sql needs at least one of its `sqlite`, `postgres`, `mysql` features");

@@ -22,6 +22,8 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "sqlite")]
+pub mod blocking;
 mod connection;
 pub mod error;
 pub mod json_column;
@@ -41,7 +43,7 @@ pub use connection::Connection;
 pub use connection::SqliteConnection;
 pub use error::TxError;
 pub use statements::{RowByRow, Statements};
-pub use store::{Backend, SqlStore, TxFuture, batch_in_transaction, claim_in_transaction};
+pub use store::{Backend, SqlStore, TxFuture};
 
 /// How to reach the database.
 #[derive(Debug, Clone, PartialEq, Eq)]

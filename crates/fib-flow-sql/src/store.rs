@@ -54,23 +54,42 @@ pub trait Backend: Statements {
         R: Send + 'c,
         F: for<'r> FnOnce(&'r mut Self::Conn) -> TxFuture<'r, R> + Send + 'c;
 
-    /// One claim round in a transaction of its own on `conn` (see [`TaskStore::claim`]).
-    /// [`claim_in_transaction`] by default; a backend overrides it to save round trips.
-    fn claim_round(
-        conn: &mut Self::Conn,
-        request: ClaimRequest,
-    ) -> impl Future<Output = Result<Vec<Task>, TxError>> + Send {
-        claim_in_transaction::<Self>(conn, request)
+    /// Runs `body` in one transaction (see [`Backend::transaction`]) on a pooled connection,
+    /// which is returned to the pool afterwards. A backend whose statements are blocking calls
+    /// overrides it to run the whole transaction in one.
+    fn run_transaction<R, F>(
+        mut conn: Self::Pooled,
+        body: F,
+    ) -> impl Future<Output = Result<R, TxError>> + Send
+    where
+        R: Send + 'static,
+        F: for<'r> FnOnce(&'r mut Self::Conn) -> TxFuture<'r, R> + Send + 'static,
+    {
+        async move { Self::transaction(&mut *conn, body).await }
     }
 
-    /// A batch of commands in a transaction of its own on `conn` (see
-    /// [`TaskStore::apply_batch`]). [`batch_in_transaction`] by default; a backend overrides
-    /// it to save round trips.
+    /// One claim round in a transaction of its own (see [`TaskStore::claim`]):
+    /// [`transitions::claim_tx`] in [`Backend::run_transaction`] by default; a backend
+    /// overrides it to save round trips.
+    fn claim_round(
+        conn: Self::Pooled,
+        request: ClaimRequest,
+    ) -> impl Future<Output = Result<Vec<Task>, TxError>> + Send {
+        Self::run_transaction(conn, move |c| {
+            Box::pin(async move { transitions::claim_tx::<Self>(c, &request).await })
+        })
+    }
+
+    /// A batch of commands in a transaction of its own (see [`TaskStore::apply_batch`]):
+    /// [`transitions::apply_batch_tx`] in [`Backend::run_transaction`] by default; a backend
+    /// overrides it to save round trips.
     fn outcome_batch(
-        conn: &mut Self::Conn,
+        conn: Self::Pooled,
         commands: Vec<BatchCommand>,
     ) -> impl Future<Output = Result<Vec<Result<Task, PortError>>, TxError>> + Send {
-        batch_in_transaction::<Self>(conn, commands)
+        Self::run_transaction(conn, move |c| {
+            Box::pin(async move { transitions::apply_batch_tx::<Self>(c, &commands).await })
+        })
     }
 
     /// Applies the pending migrations (see [`TaskStore::migrate`]).
@@ -82,28 +101,6 @@ pub trait Backend: Statements {
 
     /// Closes the pool and any background connection.
     fn close(&self) -> impl Future<Output = ()> + Send;
-}
-
-/// [`transitions::claim_tx`] in [`Backend::transaction`]: the default claim round.
-pub async fn claim_in_transaction<B: Backend>(
-    conn: &mut B::Conn,
-    request: ClaimRequest,
-) -> Result<Vec<Task>, TxError> {
-    B::transaction(conn, move |c| {
-        Box::pin(async move { transitions::claim_tx::<B>(c, &request).await })
-    })
-    .await
-}
-
-/// [`transitions::apply_batch_tx`] in [`Backend::transaction`]: the default outcome batch.
-pub async fn batch_in_transaction<B: Backend>(
-    conn: &mut B::Conn,
-    commands: Vec<BatchCommand>,
-) -> Result<Vec<Result<Task, PortError>>, TxError> {
-    B::transaction(conn, move |c| {
-        Box::pin(async move { transitions::apply_batch_tx::<B>(c, &commands).await })
-    })
-    .await
 }
 
 /// The [`TaskStore`] of a backend.
@@ -151,12 +148,12 @@ impl<B: Backend> SqlStore<B> {
     /// Runs `body` in a write transaction.
     async fn write<R, F>(&self, body: F) -> Result<R, PortError>
     where
-        R: Send,
-        F: for<'r> FnOnce(&'r mut B::Conn) -> TxFuture<'r, R> + Send,
+        R: Send + 'static,
+        F: for<'r> FnOnce(&'r mut B::Conn) -> TxFuture<'r, R> + Send + 'static,
     {
         let _writer = self.write_guard().await?;
-        let mut conn = self.backend.checkout().await?;
-        B::transaction(&mut *conn, body)
+        let conn = self.backend.checkout().await?;
+        B::run_transaction(conn, body)
             .await
             .map_err(|error| error.into_port(B::BACKEND))
     }
@@ -211,8 +208,8 @@ impl<B: Backend> TaskStore for SqlStore<B> {
             return Ok(Vec::new());
         }
         let _writer = self.write_guard().await?;
-        let mut conn = self.backend.checkout().await?;
-        B::claim_round(&mut conn, request)
+        let conn = self.backend.checkout().await?;
+        B::claim_round(conn, request)
             .await
             .map_err(|error| error.into_port(B::BACKEND))
     }
@@ -279,8 +276,8 @@ impl<B: Backend> TaskStore for SqlStore<B> {
             return Ok(Vec::new());
         }
         let _writer = self.write_guard().await?;
-        let mut conn = self.backend.checkout().await?;
-        B::outcome_batch(&mut conn, commands)
+        let conn = self.backend.checkout().await?;
+        B::outcome_batch(conn, commands)
             .await
             .map_err(|error| error.into_port(B::BACKEND))
     }

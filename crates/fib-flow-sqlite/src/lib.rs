@@ -21,17 +21,32 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use deadpool::managed::QueueMode;
+use diesel::connection::AnsiTransactionManager;
 use diesel::prelude::*;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::sync_connection_wrapper::SyncTransactionManagerWrapper;
+use diesel_async::{AsyncConnection, SimpleAsyncConnection, TransactionManager};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use fib_flow_ports::{PortError, TaskStore};
 pub use fib_flow_sql::SqliteConnection as Conn;
+use fib_flow_sql::blocking::statements_in_place;
 use fib_flow_sql::error::{TxError, connection_error, db_error, is_transient_text, pool_error};
 use fib_flow_sql::{Backend, SqlStore, Statements, StoreConfig, TxFuture};
 
 mod statements;
+
+pub use diesel_async::sync_connection_wrapper::SpawnBlocking;
+pub use statements::insert_in_caller_transaction;
+
+/// A caller's own connection to enqueue through (`TaskManager::enqueue_in`): diesel-async's
+/// wrapper of diesel's SQLite connection with any spawner, `SyncConnectionWrapper<SqliteConnection>`
+/// by default.
+pub type CallerConn<S> =
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection, S>;
 
 /// The SQLite migrations, embedded at compile time.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
@@ -61,8 +76,46 @@ impl Backend for Sqlite {
         R: Send + 'c,
         F: for<'r> FnOnce(&'r mut Conn) -> TxFuture<'r, R> + Send + 'c,
     {
-        conn.immediate_transaction(async move |c| body(c).await)
-            .await
+        // diesel-async's `immediate_transaction`, which it only offers with its own spawner.
+        type Manager = SyncTransactionManagerWrapper<AnsiTransactionManager>;
+        conn.spawn_blocking(|c| {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+        })
+        .await?;
+        match body(conn).await {
+            Ok(value) => {
+                Manager::commit_transaction(conn).await?;
+                Ok(value)
+            }
+            Err(error) => {
+                Manager::rollback_transaction(conn).await?;
+                Err(error)
+            }
+        }
+    }
+
+    /// The whole transaction in one call on the blocking pool: every statement would otherwise
+    /// be a hop there and back, which costs far more than the statement. The call owns the
+    /// pooled connection, so a caller that stops waiting leaves the transaction to finish (or
+    /// roll back) there and the connection to return to the pool afterwards.
+    async fn run_transaction<R, F>(mut conn: Object<Conn>, body: F) -> Result<R, TxError>
+    where
+        R: Send + 'static,
+        F: for<'r> FnOnce(&'r mut Conn) -> TxFuture<'r, R> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Handle::current();
+        let call = tokio::task::spawn_blocking(move || {
+            statements_in_place(|| runtime.block_on(Self::transaction(&mut conn, body)))
+        });
+        match call.await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(PortError::Unavailable {
+                backend: Self::BACKEND,
+                message: format!("the transaction's blocking call did not run: {error}"),
+            }
+            .into()),
+        }
     }
 
     async fn migrate(&self) -> Result<(), PortError> {
@@ -185,14 +238,21 @@ pub async fn connect(
         )
     };
     let mut manager_config = ManagerConfig::<Conn>::default();
+    // No `SELECT 1` per checkout: a SQLite connection is a file handle with no link to lose,
+    // and the ping is a blocking-pool hop of its own before every transaction.
+    manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
         Box::pin(async move { open(&url, file).await })
     });
     let manager = AsyncDieselConnectionManager::<Conn>::new_with_config(url, manager_config);
     let size = if file { config.pool_size.max(1) } else { 1 };
+    // Most recently returned first: the single writer then reuses one connection, whose page
+    // cache stays valid between its own transactions. SQLite drops a connection's cache
+    // whenever another connection has written, so rotating through the pool re-reads pages.
     let pool = Pool::builder(manager)
         .max_size(size)
+        .queue_mode(QueueMode::Lifo)
         .wait_timeout(Some(config.acquire_timeout))
         .create_timeout(Some(config.acquire_timeout))
         .runtime(deadpool::Runtime::Tokio1)

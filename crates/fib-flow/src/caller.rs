@@ -21,12 +21,9 @@ pub trait CallerConnection: Send {
 
 #[cfg(feature = "sqlite")]
 #[async_trait]
-impl CallerConnection for fib_flow_sqlite::Conn {
+impl<S: fib_flow_sqlite::SpawnBlocking + Send> CallerConnection for fib_flow_sqlite::CallerConn<S> {
     async fn insert_tasks(&mut self, tasks: &[NewTask]) -> Result<Vec<TaskId>, PortError> {
-        fib_flow_sql::transitions::insert_in_caller_transaction::<fib_flow_sqlite::Sqlite>(
-            self, tasks,
-        )
-        .await
+        fib_flow_sqlite::insert_in_caller_transaction(self, tasks).await
     }
 }
 
