@@ -24,6 +24,8 @@ use fib_flow_ports::{PortError, TaskStore};
 use fib_flow_sql::error::{TxError, connection_error, db_error, pool_error};
 use fib_flow_sql::{Backend, SqlStore, Statements, StoreConfig, TxFuture};
 
+mod batch;
+mod prepared;
 mod statements;
 
 /// The MySQL/MariaDB connection type.

@@ -1,19 +1,20 @@
 //! The statements MySQL/MariaDB says its own way: row locks (`FOR UPDATE`, `SKIP LOCKED`), no
-//! RETURNING (inserted ids come from `LAST_INSERT_ID()`, one row at a time), and primary-key
-//! writes with `FORCE INDEX (PRIMARY)`.
+//! RETURNING (inserted ids come from `LAST_INSERT_ID()`, one row at a time), primary-key
+//! writes with `FORCE INDEX (PRIMARY)`, and batches written set-based through `JSON_TABLE`
+//! (`batch.rs`).
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Unsigned};
 use diesel_async::RunQueryDsl;
 use fib_flow_domain::NewTask;
 use fib_flow_sql::rows::{NewAttemptRow, NewEventRow, TaskRow, TaskValues};
-use fib_flow_sql::schema::fib_flow_task_attempts as a;
 use fib_flow_sql::schema::fib_flow_task_events as e;
 use fib_flow_sql::schema::fib_flow_tasks as t;
-use fib_flow_sql::write_plan::{BatchWrite, RowWrite, insert_created_each, write_each};
+use fib_flow_sql::write_plan::{BatchWrite, RowWrite, insert_created_each};
 use fib_flow_sql::{Connection, RowByRow, Statements, holds_lease, queries};
 
-use crate::{Conn, Mysql};
+use crate::prepared::{Bind, Prepared};
+use crate::{Conn, Mysql, batch};
 
 impl Statements for Mysql {
     type Conn = Conn;
@@ -32,11 +33,11 @@ impl Statements for Mysql {
     }
 
     async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
-        lock_tasks(conn, ids).await
+        batch::lock_tasks(conn, ids).await
     }
 
-    async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> {
-        write_each::<Mysql>(conn, batch).await
+    async fn write_batch(conn: &mut Conn, write: &BatchWrite) -> QueryResult<usize> {
+        batch::write_batch(conn, write).await
     }
 
     async fn insert_created(
@@ -52,7 +53,7 @@ impl Statements for Mysql {
     }
 
     async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResult<()> {
-        insert_event_rows(conn, rows).await
+        batch::insert_event_rows(conn, &rows).await
     }
 
     async fn select_claimable(
@@ -91,7 +92,7 @@ impl RowByRow for Mysql {
     }
 
     async fn insert_attempt_rows(conn: &mut Conn, rows: Vec<NewAttemptRow>) -> QueryResult<()> {
-        insert_attempt_rows(conn, rows).await
+        batch::insert_attempt_rows(conn, &rows).await
     }
 }
 
@@ -114,17 +115,6 @@ async fn last_insert_id(conn: &mut Conn) -> QueryResult<i64> {
             format!("LAST_INSERT_ID() {id} does not fit a BIGINT").into(),
         )
     })
-}
-
-/// The rows of a batch, in ascending id order and locked `FOR UPDATE` in that order.
-async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
-    t::table
-        .filter(t::id.eq_any(ids))
-        .order(t::id.asc())
-        .select(TaskRow::as_select())
-        .for_update()
-        .load(conn)
-        .await
 }
 
 async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {
@@ -158,7 +148,8 @@ const UPDATE_ROW: &str = "UPDATE fib_flow_tasks FORCE INDEX (PRIMARY) SET status
     context = ?, suspend_reason = ?, suspend_metadata = ? \
     WHERE id = ? AND status = ? AND attempt = ?";
 
-async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
+/// One row write with raw binds: a row too large for a batch document (`batch.rs`).
+pub(crate) async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
     use diesel::sql_types::{Binary, Double, Integer, Nullable, Text};
     use fib_flow_sql::schema::Json;
     let v = &write.values;
@@ -209,15 +200,18 @@ async fn heartbeat_row(
     worker_id: &str,
     now: i64,
 ) -> QueryResult<usize> {
-    use diesel::sql_types::{Integer, Text};
-    diesel::sql_query(HEARTBEAT_ROW)
-        .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(task_id)
-        .bind::<Text, _>(worker_id)
-        .bind::<Integer, _>(attempt)
-        .bind::<BigInt, _>(now)
-        .execute(conn)
-        .await
+    Prepared::statement(
+        HEARTBEAT_ROW,
+        vec![
+            Bind::BigInt(now),
+            Bind::BigInt(task_id),
+            Bind::Text(worker_id),
+            Bind::Integer(attempt),
+            Bind::BigInt(now),
+        ],
+    )
+    .execute(conn)
+    .await
 }
 
 async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {
@@ -226,22 +220,6 @@ async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64
         .execute(conn)
         .await?;
     last_insert_id(conn).await
-}
-
-async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResult<()> {
-    diesel::insert_into(e::table)
-        .values(&rows)
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
-async fn insert_attempt_rows(conn: &mut Conn, rows: Vec<NewAttemptRow>) -> QueryResult<()> {
-    diesel::insert_into(a::table)
-        .values(&rows)
-        .execute(conn)
-        .await
-        .map(|_| ())
 }
 
 /// Served by `idx_tasks_claim (status, priority DESC, next_run_time, id)` without a filesort,
