@@ -21,7 +21,7 @@ use diesel::SelectableHelper;
 use diesel::query_builder::QueryFragment;
 use diesel::result::Error;
 use diesel_async::RunQueryDsl;
-use fib_flow_sql::rows::{NewAttemptRow, NewEventRow, TaskRow};
+use fib_flow_sql::rows::{NewAttemptRow, NewEventRow, TaskRow, TaskValues};
 use fib_flow_sql::schema::fib_flow_task_attempts as a;
 use fib_flow_sql::schema::fib_flow_task_events as e;
 use fib_flow_sql::write_plan::{AttemptCloseRow, BatchWrite, RowWrite};
@@ -46,7 +46,8 @@ const ITEM_LIMIT: usize = 8 * 1024 * 1024;
 /// A slice of a batch as written: JSON documents of many items, or one oversized item.
 #[derive(Debug, PartialEq)]
 enum Part<'a, T> {
-    Doc(String),
+    /// A JSON array document and how many items it holds.
+    Doc(String, usize),
     Alone(&'a T),
 }
 
@@ -62,27 +63,29 @@ fn parts<'a, T, E: Serialize>(
 ) -> QueryResult<Vec<Part<'a, T>>> {
     let mut parts = Vec::new();
     let mut doc = String::new();
+    let mut count = 0;
     for item in items {
         let encoded = serde_json::to_string(&encode(item)).map_err(encoding_error)?;
         if encoded.len() > ITEM_LIMIT {
-            flush(&mut doc, &mut parts);
+            flush(&mut doc, &mut count, &mut parts);
             parts.push(Part::Alone(item));
             continue;
         }
         if !doc.is_empty() && doc.len() + encoded.len() + 2 > DOC_BUDGET {
-            flush(&mut doc, &mut parts);
+            flush(&mut doc, &mut count, &mut parts);
         }
         doc.push(if doc.is_empty() { '[' } else { ',' });
         doc.push_str(&encoded);
+        count += 1;
     }
-    flush(&mut doc, &mut parts);
+    flush(&mut doc, &mut count, &mut parts);
     Ok(parts)
 }
 
-fn flush<T>(doc: &mut String, parts: &mut Vec<Part<'_, T>>) {
+fn flush<T>(doc: &mut String, count: &mut usize, parts: &mut Vec<Part<'_, T>>) {
     if !doc.is_empty() {
         doc.push(']');
-        parts.push(Part::Doc(std::mem::take(doc)));
+        parts.push(Part::Doc(std::mem::take(doc), std::mem::take(count)));
     }
 }
 
@@ -326,7 +329,7 @@ pub(crate) async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryRes
     let mut written = 0;
     for part in parts(&batch.rows, row_item)? {
         written += match part {
-            Part::Doc(doc) => execute(conn, UPDATE_ROWS, &doc).await?,
+            Part::Doc(doc, _) => execute(conn, UPDATE_ROWS, &doc).await?,
             Part::Alone(write) => crate::statements::update_row(conn, write).await?,
         };
     }
@@ -335,7 +338,7 @@ pub(crate) async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryRes
     closed.sort_by_key(|close| (close.task_id, close.attempt));
     for part in parts(&closed, |close| close_item(close))? {
         match part {
-            Part::Doc(doc) => execute(conn, CLOSE_ATTEMPTS, &doc).await?,
+            Part::Doc(doc, _) => execute(conn, CLOSE_ATTEMPTS, &doc).await?,
             Part::Alone(close) => queries::close_attempt(Mysql::connection(conn), close).await?,
         };
     }
@@ -350,7 +353,7 @@ pub(crate) async fn insert_attempt_rows(
 ) -> QueryResult<()> {
     for part in parts(rows, open_item)? {
         match part {
-            Part::Doc(doc) => execute(conn, INSERT_ATTEMPTS, &doc).await?,
+            Part::Doc(doc, _) => execute(conn, INSERT_ATTEMPTS, &doc).await?,
             Part::Alone(row) => {
                 diesel::insert_into(a::table)
                     .values(row)
@@ -366,7 +369,7 @@ pub(crate) async fn insert_attempt_rows(
 pub(crate) async fn insert_event_rows(conn: &mut Conn, rows: &[NewEventRow]) -> QueryResult<()> {
     for part in parts(rows, event_item)? {
         match part {
-            Part::Doc(doc) => execute(conn, INSERT_EVENTS, &doc).await?,
+            Part::Doc(doc, _) => execute(conn, INSERT_EVENTS, &doc).await?,
             Part::Alone(row) => {
                 diesel::insert_into(e::table)
                     .values(row)
@@ -376,6 +379,150 @@ pub(crate) async fn insert_event_rows(conn: &mut Conn, rows: &[NewEventRow]) -> 
         };
     }
     Ok(())
+}
+
+/// A new task row, the columns of [`TaskValues`] in order.
+#[derive(Serialize)]
+struct TaskItem<'a>(
+    &'a str,
+    &'a str,
+    &'a str,
+    i32,
+    &'a str,
+    i64,
+    Option<&'a str>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<f64>,
+    i32,
+    Option<i64>,
+    i32,
+    i32,
+    i64,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<i64>,
+    Option<i64>,
+    Option<i32>,
+    i32,
+    i32,
+    &'a str,
+    Option<&'a str>,
+    Option<i64>,
+    Option<i64>,
+    i32,
+    Option<String>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+fn task_item(v: &TaskValues) -> TaskItem<'_> {
+    TaskItem(
+        &v.name,
+        &v.task_type,
+        &v.status,
+        v.priority,
+        v.payload.as_str(),
+        v.created_at,
+        v.tag.as_deref(),
+        v.next_run_time,
+        v.last_active_time,
+        v.last_event_time,
+        v.last_event_type.as_deref(),
+        v.result.as_ref().map(|json| json.as_str()),
+        v.error.as_deref(),
+        v.current_stage_name.as_deref(),
+        v.progress_text.as_deref(),
+        v.progress_percent,
+        v.stage,
+        v.timeout_ms,
+        v.retry_count,
+        v.max_retries,
+        v.retry_interval_ms,
+        &v.retry_backoff,
+        v.cron_expr.as_deref(),
+        v.timezone.as_deref(),
+        v.root_id,
+        v.parent_id,
+        v.parent_round,
+        v.total_children,
+        v.completed_children,
+        &v.child_failure_policy,
+        v.worker_id.as_deref(),
+        v.start_time,
+        v.deadline,
+        v.attempt,
+        v.context.as_deref().map(hex),
+        v.suspend_reason.as_deref(),
+        v.suspend_metadata.as_ref().map(|json| json.as_str()),
+    )
+}
+
+/// New task rows in document order (`ORDER BY` the ordinality: their ids are handed out in
+/// that order and read back from `LAST_INSERT_ID()`, see [`insert_task_rows`]).
+const INSERT_TASKS: &str = "INSERT INTO fib_flow_tasks (name, type, status, priority, payload, \
+    created_at, tag, next_run_time, last_active_time, last_event_time, last_event_type, result, \
+    error, current_stage_name, progress_text, progress_percent, stage, timeout_ms, retry_count, \
+    max_retries, retry_interval_ms, retry_backoff, cron_expr, timezone, root_id, parent_id, \
+    parent_round, total_children, completed_children, child_failure_policy, worker_id, \
+    start_time, deadline, attempt, context, suspend_reason, suspend_metadata) \
+    SELECT name, task_type, status, priority, payload, created_at, tag, next_run_time, \
+    last_active_time, last_event_time, last_event_type, result, error, current_stage_name, \
+    progress_text, progress_percent, stage, timeout_ms, retry_count, max_retries, \
+    retry_interval_ms, retry_backoff, cron_expr, timezone, root_id, parent_id, parent_round, \
+    total_children, completed_children, child_failure_policy, worker_id, start_time, deadline, \
+    attempt, UNHEX(context), suspend_reason, suspend_metadata \
+    FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, name LONGTEXT PATH '$[0]', \
+    task_type VARCHAR(32) PATH '$[1]', status VARCHAR(32) PATH '$[2]', priority INT PATH '$[3]', \
+    payload LONGTEXT PATH '$[4]', created_at BIGINT PATH '$[5]', tag LONGTEXT PATH '$[6]', \
+    next_run_time BIGINT PATH '$[7]', last_active_time BIGINT PATH '$[8]', \
+    last_event_time BIGINT PATH '$[9]', last_event_type LONGTEXT PATH '$[10]', \
+    result LONGTEXT PATH '$[11]', error LONGTEXT PATH '$[12]', \
+    current_stage_name LONGTEXT PATH '$[13]', progress_text LONGTEXT PATH '$[14]', \
+    progress_percent DOUBLE PATH '$[15]', stage INT PATH '$[16]', timeout_ms BIGINT PATH '$[17]', \
+    retry_count INT PATH '$[18]', max_retries INT PATH '$[19]', \
+    retry_interval_ms BIGINT PATH '$[20]', retry_backoff VARCHAR(32) PATH '$[21]', \
+    cron_expr LONGTEXT PATH '$[22]', timezone LONGTEXT PATH '$[23]', root_id BIGINT PATH '$[24]', \
+    parent_id BIGINT PATH '$[25]', parent_round INT PATH '$[26]', \
+    total_children INT PATH '$[27]', completed_children INT PATH '$[28]', \
+    child_failure_policy VARCHAR(32) PATH '$[29]', worker_id LONGTEXT PATH '$[30]', \
+    start_time BIGINT PATH '$[31]', deadline BIGINT PATH '$[32]', attempt INT PATH '$[33]', \
+    context LONGTEXT PATH '$[34]', suspend_reason LONGTEXT PATH '$[35]', \
+    suspend_metadata LONGTEXT PATH '$[36]')) AS v ORDER BY v.ord";
+
+/// New task rows, a statement per document; returns their ids in input order. Relies on the
+/// server handing one `INSERT … SELECT` consecutive ids (`innodb_autoinc_lock_mode` 0 or 1:
+/// the table's AUTO-INC lock is held to the statement's end), `step` apart
+/// (`auto_increment_increment`); the caller checks both (see `statements.rs`).
+pub(crate) async fn insert_task_rows(
+    conn: &mut Conn,
+    rows: &[TaskValues],
+    step: i64,
+) -> QueryResult<Vec<i64>> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for part in parts(rows, task_item)? {
+        match part {
+            Part::Doc(doc, count) => {
+                let inserted = execute(conn, INSERT_TASKS, &doc).await?;
+                if inserted != count {
+                    return Err(Error::QueryBuilderError(
+                        format!("inserted {inserted} task rows for {count}").into(),
+                    ));
+                }
+                let first = crate::statements::last_insert_id(conn).await?;
+                ids.extend((0..count).map(|index| first + step * index as i64));
+            }
+            Part::Alone(row) => ids.push(crate::statements::insert_task_row(conn, row).await?),
+        }
+    }
+    Ok(ids)
 }
 
 /// The SQL type of a [`TaskRow`] as selected.
@@ -417,7 +564,7 @@ mod tests {
     fn small_items_share_one_document_in_order() {
         let items = [1_i64, 2, 3];
         let got = parts(&items, |item| *item).expect("encodes");
-        assert_eq!(got, vec![Part::Doc("[1,2,3]".to_owned())]);
+        assert_eq!(got, vec![Part::Doc("[1,2,3]".to_owned(), 3)]);
     }
 
     #[test]
@@ -432,13 +579,13 @@ mod tests {
             "two documents, the oversized item, a document"
         );
         for part in &got {
-            if let Part::Doc(doc) = part {
+            if let Part::Doc(doc, _) = part {
                 assert!(doc.len() <= DOC_BUDGET, "{} bytes", doc.len());
             }
         }
         assert_eq!(got[2], Part::Alone(&items[2]));
         assert!(
-            matches!(&got[3], Part::Doc(doc) if doc.len() == half.len() + 4),
+            matches!(&got[3], Part::Doc(doc, 1) if doc.len() == half.len() + 4),
             "the order holds around the oversized item"
         );
     }

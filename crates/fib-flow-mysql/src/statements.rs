@@ -106,8 +106,9 @@ async fn lock_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
         .optional()
 }
 
-async fn last_insert_id(conn: &mut Conn) -> QueryResult<i64> {
-    let id: u64 = diesel::select(diesel::dsl::sql::<Unsigned<BigInt>>("LAST_INSERT_ID()"))
+/// The first id the connection's last `INSERT` generated.
+pub(crate) async fn last_insert_id(conn: &mut Conn) -> QueryResult<i64> {
+    let id: u64 = Prepared::<Unsigned<BigInt>>::query("SELECT LAST_INSERT_ID()", Vec::new())
         .get_result(conn)
         .await?;
     i64::try_from(id).map_err(|_| {
@@ -117,7 +118,8 @@ async fn last_insert_id(conn: &mut Conn) -> QueryResult<i64> {
     })
 }
 
-async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {
+/// One new task row; returns its id.
+pub(crate) async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {
     diesel::insert_into(t::table)
         .values(values)
         .execute(conn)
@@ -125,9 +127,31 @@ async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i6
     last_insert_id(conn).await
 }
 
-/// Row by row: a multi-row INSERT's ids are only consecutive under some
-/// `innodb_autoinc_lock_mode` settings, and `LAST_INSERT_ID()` names only the first.
+/// The distance between the ids one multi-row `INSERT` generates, if they are consecutive:
+/// `innodb_autoinc_lock_mode` 0 ("traditional") and 1 ("consecutive", MariaDB's default) hold
+/// the table's AUTO-INC lock to the end of an `INSERT … SELECT`, so its ids follow each other
+/// `auto_increment_increment` apart; 2 ("interleaved", MySQL 8's default) does not.
+async fn consecutive_id_step(conn: &mut Conn) -> QueryResult<Option<i64>> {
+    use diesel::sql_types::BigInt;
+    let (mode, step): (i64, i64) = Prepared::<(BigInt, BigInt)>::query(
+        "SELECT CAST(@@innodb_autoinc_lock_mode AS SIGNED), \
+         CAST(@@auto_increment_increment AS SIGNED)",
+        Vec::new(),
+    )
+    .get_result(conn)
+    .await?;
+    Ok((mode == 0 || mode == 1).then_some(step))
+}
+
+/// One statement per chunk where the server hands it consecutive ids
+/// ([`consecutive_id_step`]); otherwise row by row, since `LAST_INSERT_ID()` names only the
+/// first id of a multi-row `INSERT`.
 async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<Vec<i64>> {
+    if rows.len() > 1
+        && let Some(step) = consecutive_id_step(conn).await?
+    {
+        return batch::insert_task_rows(conn, rows, step).await;
+    }
     let mut ids = Vec::with_capacity(rows.len());
     for row in rows {
         ids.push(insert_task_row(conn, row).await?);
