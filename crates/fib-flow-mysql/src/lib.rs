@@ -3,7 +3,9 @@
 //!
 //! Owns: the pool (`AsyncMysqlConnection`, mysql_async, no libmysqlclient), the session setup,
 //! the MySQL migrations (`migrations/mysql/`, embedded), database creation for test isolation
-//! and the statements MySQL says its own way (`statements.rs`). Must not:
+//! and the statements MySQL says its own way (`statements.rs`; batches set-based through
+//! `JSON_TABLE` in `batch.rs`, in fixed-text statements that stay prepared, `prepared.rs`).
+//! Must not:
 //! hold transaction logic (fib-flow-sql does).
 //!
 //! Every connection runs at READ COMMITTED: transitions lock their row `FOR UPDATE` and write
@@ -24,6 +26,8 @@ use fib_flow_ports::{PortError, TaskStore};
 use fib_flow_sql::error::{TxError, connection_error, db_error, pool_error};
 use fib_flow_sql::{Backend, SqlStore, Statements, StoreConfig, TxFuture};
 
+mod batch;
+mod prepared;
 mod statements;
 
 /// The MySQL/MariaDB connection type.

@@ -1,19 +1,20 @@
 //! The statements MySQL/MariaDB says its own way: row locks (`FOR UPDATE`, `SKIP LOCKED`), no
-//! RETURNING (inserted ids come from `LAST_INSERT_ID()`, one row at a time), and primary-key
-//! writes with `FORCE INDEX (PRIMARY)`.
+//! RETURNING (inserted ids come from `LAST_INSERT_ID()`, one row at a time), primary-key
+//! writes with `FORCE INDEX (PRIMARY)`, and batches written set-based through `JSON_TABLE`
+//! (`batch.rs`).
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Unsigned};
 use diesel_async::RunQueryDsl;
 use fib_flow_domain::NewTask;
 use fib_flow_sql::rows::{NewAttemptRow, NewEventRow, TaskRow, TaskValues};
-use fib_flow_sql::schema::fib_flow_task_attempts as a;
 use fib_flow_sql::schema::fib_flow_task_events as e;
 use fib_flow_sql::schema::fib_flow_tasks as t;
-use fib_flow_sql::write_plan::{BatchWrite, RowWrite, insert_created_each, write_each};
+use fib_flow_sql::write_plan::{BatchWrite, RowWrite, insert_created_each};
 use fib_flow_sql::{Connection, RowByRow, Statements, holds_lease, queries};
 
-use crate::{Conn, Mysql};
+use crate::prepared::{Bind, Prepared};
+use crate::{Conn, Mysql, batch};
 
 impl Statements for Mysql {
     type Conn = Conn;
@@ -32,11 +33,11 @@ impl Statements for Mysql {
     }
 
     async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
-        lock_tasks(conn, ids).await
+        batch::lock_tasks(conn, ids).await
     }
 
-    async fn write_batch(conn: &mut Conn, batch: &BatchWrite) -> QueryResult<usize> {
-        write_each::<Mysql>(conn, batch).await
+    async fn write_batch(conn: &mut Conn, write: &BatchWrite) -> QueryResult<usize> {
+        batch::write_batch(conn, write).await
     }
 
     async fn insert_created(
@@ -52,7 +53,7 @@ impl Statements for Mysql {
     }
 
     async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResult<()> {
-        insert_event_rows(conn, rows).await
+        batch::insert_event_rows(conn, &rows).await
     }
 
     async fn select_claimable(
@@ -91,7 +92,7 @@ impl RowByRow for Mysql {
     }
 
     async fn insert_attempt_rows(conn: &mut Conn, rows: Vec<NewAttemptRow>) -> QueryResult<()> {
-        insert_attempt_rows(conn, rows).await
+        batch::insert_attempt_rows(conn, &rows).await
     }
 }
 
@@ -105,8 +106,9 @@ async fn lock_task(conn: &mut Conn, id: i64) -> QueryResult<Option<TaskRow>> {
         .optional()
 }
 
-async fn last_insert_id(conn: &mut Conn) -> QueryResult<i64> {
-    let id: u64 = diesel::select(diesel::dsl::sql::<Unsigned<BigInt>>("LAST_INSERT_ID()"))
+/// The first id the connection's last `INSERT` generated.
+pub(crate) async fn last_insert_id(conn: &mut Conn) -> QueryResult<i64> {
+    let id: u64 = Prepared::<Unsigned<BigInt>>::query("SELECT LAST_INSERT_ID()", Vec::new())
         .get_result(conn)
         .await?;
     i64::try_from(id).map_err(|_| {
@@ -116,18 +118,8 @@ async fn last_insert_id(conn: &mut Conn) -> QueryResult<i64> {
     })
 }
 
-/// The rows of a batch, in ascending id order and locked `FOR UPDATE` in that order.
-async fn lock_tasks(conn: &mut Conn, ids: &[i64]) -> QueryResult<Vec<TaskRow>> {
-    t::table
-        .filter(t::id.eq_any(ids))
-        .order(t::id.asc())
-        .select(TaskRow::as_select())
-        .for_update()
-        .load(conn)
-        .await
-}
-
-async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {
+/// One new task row; returns its id.
+pub(crate) async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i64> {
     diesel::insert_into(t::table)
         .values(values)
         .execute(conn)
@@ -135,9 +127,31 @@ async fn insert_task_row(conn: &mut Conn, values: &TaskValues) -> QueryResult<i6
     last_insert_id(conn).await
 }
 
-/// Row by row: a multi-row INSERT's ids are only consecutive under some
-/// `innodb_autoinc_lock_mode` settings, and `LAST_INSERT_ID()` names only the first.
+/// The distance between the ids one multi-row `INSERT` generates, if they are consecutive:
+/// `innodb_autoinc_lock_mode` 0 ("traditional") and 1 ("consecutive", MariaDB's default) hold
+/// the table's AUTO-INC lock to the end of an `INSERT … SELECT`, so its ids follow each other
+/// `auto_increment_increment` apart; 2 ("interleaved", MySQL 8's default) does not.
+async fn consecutive_id_step(conn: &mut Conn) -> QueryResult<Option<i64>> {
+    use diesel::sql_types::BigInt;
+    let (mode, step): (i64, i64) = Prepared::<(BigInt, BigInt)>::query(
+        "SELECT CAST(@@innodb_autoinc_lock_mode AS SIGNED), \
+         CAST(@@auto_increment_increment AS SIGNED)",
+        Vec::new(),
+    )
+    .get_result(conn)
+    .await?;
+    Ok((mode == 0 || mode == 1).then_some(step))
+}
+
+/// One statement per chunk where the server hands it consecutive ids
+/// ([`consecutive_id_step`]); otherwise row by row, since `LAST_INSERT_ID()` names only the
+/// first id of a multi-row `INSERT`.
 async fn insert_task_rows(conn: &mut Conn, rows: &[TaskValues]) -> QueryResult<Vec<i64>> {
+    if rows.len() > 1
+        && let Some(step) = consecutive_id_step(conn).await?
+    {
+        return batch::insert_task_rows(conn, rows, step).await;
+    }
     let mut ids = Vec::with_capacity(rows.len());
     for row in rows {
         ids.push(insert_task_row(conn, row).await?);
@@ -158,7 +172,8 @@ const UPDATE_ROW: &str = "UPDATE fib_flow_tasks FORCE INDEX (PRIMARY) SET status
     context = ?, suspend_reason = ?, suspend_metadata = ? \
     WHERE id = ? AND status = ? AND attempt = ?";
 
-async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
+/// One row write with raw binds: a row too large for a batch document (`batch.rs`).
+pub(crate) async fn update_row(conn: &mut Conn, write: &RowWrite) -> QueryResult<usize> {
     use diesel::sql_types::{Binary, Double, Integer, Nullable, Text};
     use fib_flow_sql::schema::Json;
     let v = &write.values;
@@ -209,15 +224,18 @@ async fn heartbeat_row(
     worker_id: &str,
     now: i64,
 ) -> QueryResult<usize> {
-    use diesel::sql_types::{Integer, Text};
-    diesel::sql_query(HEARTBEAT_ROW)
-        .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(task_id)
-        .bind::<Text, _>(worker_id)
-        .bind::<Integer, _>(attempt)
-        .bind::<BigInt, _>(now)
-        .execute(conn)
-        .await
+    Prepared::statement(
+        HEARTBEAT_ROW,
+        vec![
+            Bind::BigInt(now),
+            Bind::BigInt(task_id),
+            Bind::Text(worker_id),
+            Bind::Integer(attempt),
+            Bind::BigInt(now),
+        ],
+    )
+    .execute(conn)
+    .await
 }
 
 async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64> {
@@ -226,22 +244,6 @@ async fn insert_event_row(conn: &mut Conn, row: &NewEventRow) -> QueryResult<i64
         .execute(conn)
         .await?;
     last_insert_id(conn).await
-}
-
-async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResult<()> {
-    diesel::insert_into(e::table)
-        .values(&rows)
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
-async fn insert_attempt_rows(conn: &mut Conn, rows: Vec<NewAttemptRow>) -> QueryResult<()> {
-    diesel::insert_into(a::table)
-        .values(&rows)
-        .execute(conn)
-        .await
-        .map(|_| ())
 }
 
 /// Served by `idx_tasks_claim (status, priority DESC, next_run_time, id)` without a filesort,
