@@ -20,8 +20,8 @@ use fib_flow_sql::rows::TaskRow;
 use fib_flow_sql::transitions::{
     BatchPlan, batch_ids, check_written, plan_batch, plan_claim, settle_batch_parents,
 };
-use fib_flow_sql::write_plan::{BatchWrite, candidate_queries, merge_candidates};
-use futures_util::future::{BoxFuture, join, join_all, join3};
+use fib_flow_sql::write_plan::{BatchWrite, CandidateQuery, candidate_queries, merge_candidates};
+use futures_util::future::{BoxFuture, join, join_all, join3, join4};
 
 use crate::statements::{SET_CLAIM_PLAN, lock_tasks, select_claimable, write_batch};
 use crate::{Conn, Postgres};
@@ -97,12 +97,115 @@ async fn write_and_commit(conn: &mut Conn, batch: &BatchWrite) -> Result<(), TxE
     }
 }
 
-/// A claim round in two round trips: BEGIN, `SET LOCAL` and the SKIP LOCKED selects (one per
-/// candidate query of the claim plan) together, then the write and COMMIT together.
+/// A claim round: in one round trip when the claim plan is one uncapped query (the usual case),
+/// otherwise in two.
 pub(crate) async fn claim_round(
     conn: &mut Conn,
     request: ClaimRequest,
 ) -> Result<Vec<Task>, TxError> {
+    match candidate_queries(&request).as_slice() {
+        [query] if query.name_caps.is_empty() => {
+            claim_in_one_statement(conn, &request, query).await
+        }
+        _ => claim_planned(conn, request).await,
+    }
+}
+
+/// The claim transition (`fib_flow_domain::apply` with `Command::Claim`) said in SQL, so that
+/// a claim round needs no read before its write: the task rows, the opened attempts and the
+/// `task_claimed` / `task_started` / `task_retry_started` events, exactly as the domain writes
+/// them. It is the one transition computed outside the domain; the test
+/// `the_one_statement_claim_writes_what_the_domain_decides` pins it to the domain's.
+/// Events go in claim order, each task's in the domain's order. The rows come back by column
+/// name, and the `type` column is `task_type` in [`TaskRow`].
+const CLAIM: &str = "WITH picked AS (SELECT id FROM fib_flow_tasks \
+    WHERE fib_flow_tasks.status = 'pending' AND next_run_time <= $1 AND name = ANY($2) \
+      AND ($3 OR EXISTS (SELECT 1 FROM fib_flow_workers \
+        WHERE fib_flow_workers.status = 'active' AND fib_flow_workers.worker_id = $4)) \
+    ORDER BY priority DESC, next_run_time ASC, id ASC LIMIT $5 FOR UPDATE SKIP LOCKED), \
+  claimed AS (UPDATE fib_flow_tasks AS t SET status = 'running', attempt = t.attempt + 1, \
+        worker_id = $4, start_time = $1, deadline = $1 + t.timeout_ms, \
+        current_stage_name = NULL, progress_text = NULL, progress_percent = NULL, \
+        last_active_time = $1, last_event_time = $1, last_event_type = \
+        CASE WHEN t.retry_count > 0 THEN 'task_retry_started' ELSE 'task_started' END \
+    FROM picked WHERE t.id = picked.id RETURNING t.*), \
+  opened AS (INSERT INTO fib_flow_task_attempts (task_id, attempt, worker_id, started_at, \
+        ended_at, outcome, error, timeout_flag) \
+    SELECT id, attempt, $4, $1, NULL, NULL, NULL, false FROM claimed \
+    ORDER BY priority DESC, next_run_time, id), \
+  logged AS (INSERT INTO fib_flow_task_events (task_id, root_id, parent_id, event_type, \
+        from_status, to_status, stage, worker_id, attempt, event_time, message, metadata) \
+    SELECT c.id, COALESCE(c.root_id, c.id), c.parent_id, e.event_type, 'pending', 'running', \
+        c.stage, $4, c.attempt, $1, e.message, e.metadata \
+    FROM claimed AS c CROSS JOIN LATERAL (VALUES \
+        (1, 'task_claimed', 'Task ' || c.name || ' claimed by ' || $4, \
+            jsonb_build_object('name', c.name)), \
+        (2, 'task_started', 'Task ' || c.name || ' started by ' || $4, \
+            jsonb_build_object('name', c.name, 'retry_count', c.retry_count)), \
+        (3, 'task_retry_started', 'Task ' || c.name || ' retry attempt ' || c.retry_count \
+            || ' started by ' || $4, \
+            jsonb_build_object('name', c.name, 'retry_count', c.retry_count))) \
+      AS e(seq, event_type, message, metadata) \
+    WHERE e.seq < 3 OR c.retry_count > 0 \
+    ORDER BY c.priority DESC, c.next_run_time, c.id, e.seq) \
+SELECT *, type AS task_type FROM claimed ORDER BY priority DESC, next_run_time, id";
+
+fn claim_shared<'a>(
+    conn: &'a Conn,
+    query: &'a CandidateQuery,
+    request: &'a ClaimRequest,
+) -> BoxFuture<'a, QueryResult<Vec<TaskRow>>> {
+    use diesel::sql_types::{Array, BigInt, Bool, Text};
+    let mut shared = conn;
+    Box::pin(async move {
+        diesel::sql_query(CLAIM)
+            .bind::<BigInt, _>(to_millis(request.now))
+            .bind::<Array<Text>, _>(&query.names)
+            .bind::<Bool, _>(!request.require_active_lease)
+            .bind::<Text, _>(&request.worker_id)
+            .bind::<BigInt, _>(query.limit)
+            .load(&mut shared)
+            .await
+    })
+}
+
+/// A claim round in one round trip: BEGIN, [`SET_CLAIM_PLAN`], [`CLAIM`] and COMMIT sent
+/// together.
+async fn claim_in_one_statement(
+    conn: &mut Conn,
+    request: &ClaimRequest,
+    query: &CandidateQuery,
+) -> Result<Vec<Task>, TxError> {
+    hold(conn);
+    let shared: &Conn = conn;
+    let (begun, planner_set, claimed, committed) = join4(
+        run(shared, "BEGIN"),
+        run(shared, SET_CLAIM_PLAN),
+        claim_shared(shared, query, request),
+        run(shared, "COMMIT"),
+    )
+    .await;
+    let claimed = begun.and(planner_set).and(claimed);
+    match (claimed, committed) {
+        (Ok(rows), Ok(_)) => {
+            release(conn);
+            rows.into_iter()
+                .map(|row| row.into_task().map_err(TxError::from))
+                .collect()
+        }
+        // A failed statement aborts the transaction, and the COMMIT behind it rolls back.
+        (Err(error), Ok(_)) => {
+            release(conn);
+            Err(error.into())
+        }
+        (_, Err(error)) => abort(conn, error.into()).await,
+    }
+}
+
+/// A claim round in two round trips: BEGIN, [`SET_CLAIM_PLAN`] and the SKIP LOCKED selects (one per
+/// candidate query of the claim plan) together, then the write and COMMIT together. For
+/// rounds with per-name or per-queue caps, which [`claim_in_one_statement`] cannot say.
+async fn claim_planned(conn: &mut Conn, request: ClaimRequest) -> Result<Vec<Task>, TxError> {
     let queries = candidate_queries(&request);
     let now = to_millis(request.now);
     let lease = request
@@ -195,7 +298,7 @@ mod tests {
 
     use super::*;
 
-    struct Admin;
+    pub(super) struct Admin;
 
     impl DatabaseAdmin for Admin {
         type Error = PortError;
@@ -214,9 +317,36 @@ mod tests {
         }
     }
 
-    /// A fresh, migrated database with one due task, and a raw connection to it; `None` (and
-    /// why) when no PostgreSQL server is configured outside CI.
-    async fn database_with_a_task(test: &str) -> Option<(TestDatabase<Admin>, Conn, i64)> {
+    pub(super) fn new_task(name: &str) -> NewTask {
+        let created = from_millis(1_700_000_000_000);
+        NewTask {
+            name: name.into(),
+            task_type: TaskType::Async,
+            priority: 0,
+            payload: Value::Null,
+            tag: None,
+            next_run_time: created,
+            timeout: Some(Duration::from_secs(60)),
+            max_retries: 0,
+            retry_interval: Duration::ZERO,
+            retry_backoff: RetryBackoff::Fixed,
+            cron_expr: None,
+            timezone: None,
+            root_id: None,
+            parent_id: None,
+            parent_round: None,
+            created_at: created,
+        }
+    }
+
+    /// A fresh, migrated database, and a raw connection to it; `None` (and why) when no
+    /// PostgreSQL server is configured outside CI.
+    pub(super) async fn empty_database(
+        test: &str,
+    ) -> Option<(
+        TestDatabase<Admin>,
+        std::sync::Arc<dyn fib_flow_ports::TaskStore>,
+    )> {
         let db = match TestDatabase::create(Admin, Backend::Postgres, test).await {
             Ok(db) => db,
             Err(error) if error.is_skip() => {
@@ -229,26 +359,14 @@ mod tests {
             .await
             .expect("connect");
         store.migrate().await.expect("migrate");
-        let created = from_millis(1_700_000_000_000);
+        Some((db, store))
+    }
+
+    /// A fresh, migrated database with one due task, and a raw connection to it.
+    async fn database_with_a_task(test: &str) -> Option<(TestDatabase<Admin>, Conn, i64)> {
+        let (db, store) = empty_database(test).await?;
         let ids = store
-            .insert_tasks(vec![NewTask {
-                name: "pipelined".into(),
-                task_type: TaskType::Async,
-                priority: 0,
-                payload: Value::Null,
-                tag: None,
-                next_run_time: created,
-                timeout: Some(Duration::from_secs(60)),
-                max_retries: 0,
-                retry_interval: Duration::ZERO,
-                retry_backoff: RetryBackoff::Fixed,
-                cron_expr: None,
-                timezone: None,
-                root_id: None,
-                parent_id: None,
-                parent_round: None,
-                created_at: created,
-            }])
+            .insert_tasks(vec![new_task("pipelined")])
             .await
             .expect("insert");
         store.close().await;
@@ -390,5 +508,159 @@ mod tests {
         assert!(!conn.is_broken(), "rolled back: reusable");
         drop(conn);
         db.destroy().await.expect("drop database");
+    }
+}
+
+#[cfg(test)]
+mod one_statement_claim {
+    use diesel::{QueryDsl, SelectableHelper};
+    use diesel_async::AsyncConnection;
+    use fib_flow_domain::time::from_millis;
+    use fib_flow_domain::{NewTask, TaskId};
+    use fib_flow_sql::rows::{AttemptRow, EventRow};
+    use fib_flow_sql::schema::{fib_flow_task_attempts, fib_flow_task_events, fib_flow_tasks};
+
+    use super::tests::{empty_database, new_task};
+    use super::*;
+
+    /// Tasks that exercise every input of the claim transition: a timeout or none, a tag, a
+    /// priority, a workflow child, a retry (attempt, retry count, stage and progress carried
+    /// over), one not yet due and one of a name nobody claims.
+    async fn varied_tasks(test: &str) -> Option<(impl Drop, Conn)> {
+        let (db, store) = empty_database(test).await?;
+        let parent = store
+            .insert_tasks(vec![new_task("not-claimed")])
+            .await
+            .expect("parent")[0];
+        let later = from_millis(1_700_000_900_000);
+        let tasks = vec![
+            new_task("claimed"),
+            NewTask {
+                tag: Some("tagged".into()),
+                priority: 5,
+                timeout: None,
+                ..new_task("claimed")
+            },
+            NewTask {
+                parent_id: Some(parent),
+                root_id: Some(parent),
+                parent_round: Some(1),
+                ..new_task("child")
+            },
+            new_task("claimed"),
+            NewTask {
+                next_run_time: later,
+                ..new_task("claimed")
+            },
+        ];
+        let ids = store.insert_tasks(tasks).await.expect("insert");
+        store.close().await;
+        let mut conn = Conn::establish(db.url()).await.expect("raw connection");
+        diesel::sql_query(
+            "UPDATE fib_flow_tasks SET retry_count = 2, attempt = 2, stage = 3, \
+             current_stage_name = 'load', progress_text = 'half', progress_percent = 50 \
+             WHERE id = $1",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(ids[3].0)
+        .execute(&mut conn)
+        .await
+        .expect("make a retry");
+        Some((DropDatabase(Some(db)), conn))
+    }
+
+    /// Drops the test database when the test ends (also on failure).
+    struct DropDatabase(Option<fib_flow_test_support::TestDatabase<super::tests::Admin>>);
+
+    impl Drop for DropDatabase {
+        fn drop(&mut self) {
+            if let Some(db) = self.0.take() {
+                let dropped = std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map(|runtime| runtime.block_on(db.destroy()))
+                });
+                let _ = dropped.join();
+            }
+        }
+    }
+
+    fn request() -> ClaimRequest {
+        ClaimRequest {
+            worker_id: "w-1".into(),
+            now: from_millis(1_700_000_001_234),
+            limit: 10,
+            names: ["claimed", "child"]
+                .into_iter()
+                .map(|name| fib_flow_ports::ClaimName {
+                    name: name.into(),
+                    max: None,
+                    queue: "default".into(),
+                })
+                .collect(),
+            queue_caps: Vec::new(),
+            require_active_lease: false,
+        }
+    }
+
+    /// Everything the claim wrote, without the event ids (their order is compared instead).
+    async fn written(conn: &mut Conn) -> (Vec<TaskRow>, Vec<AttemptRow>, Vec<EventRow>) {
+        let tasks = fib_flow_tasks::table
+            .order(fib_flow_tasks::id)
+            .select(TaskRow::as_select())
+            .load(conn)
+            .await
+            .expect("tasks");
+        let attempts = fib_flow_task_attempts::table
+            .order(fib_flow_task_attempts::id)
+            .select(AttemptRow::as_select())
+            .load(conn)
+            .await
+            .expect("attempts");
+        let events = fib_flow_task_events::table
+            .order(fib_flow_task_events::id)
+            .select(EventRow::as_select())
+            .load::<EventRow>(conn)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|event| EventRow { id: 0, ..event })
+            .collect();
+        (tasks, attempts, events)
+    }
+
+    #[tokio::test]
+    async fn the_one_statement_claim_writes_what_the_domain_decides() {
+        let Some((_sql_db, mut by_sql)) = varied_tasks("one_statement_claim_sql").await else {
+            return;
+        };
+        let Some((_domain_db, mut by_domain)) = varied_tasks("one_statement_claim_domain").await
+        else {
+            return;
+        };
+        let request = request();
+        let queries = candidate_queries(&request);
+        let [query] = queries.as_slice() else {
+            panic!("one uncapped query: {queries:?}");
+        };
+        let claimed_by_sql = claim_in_one_statement(&mut by_sql, &request, query)
+            .await
+            .expect("claim in one statement");
+        let claimed_by_domain = claim_planned(&mut by_domain, request.clone())
+            .await
+            .expect("claim through the domain");
+        assert_eq!(claimed_by_sql, claimed_by_domain);
+        let ids: Vec<TaskId> = claimed_by_sql.iter().map(|task| task.id).collect();
+        assert_eq!(ids.len(), 4, "all due tasks of the claimed names: {ids:?}");
+        let (sql_tasks, sql_attempts, sql_events) = written(&mut by_sql).await;
+        let (domain_tasks, domain_attempts, domain_events) = written(&mut by_domain).await;
+        assert_eq!(sql_tasks, domain_tasks);
+        assert_eq!(sql_attempts, domain_attempts);
+        assert_eq!(sql_events, domain_events);
+        let retry_events = sql_events
+            .iter()
+            .filter(|event| event.event_type == "task_retry_started")
+            .count();
+        assert_eq!(retry_events, 1, "the retry's third event");
     }
 }

@@ -60,7 +60,7 @@ pub fn json_to_text(value: &Value) -> JsonText {
 }
 
 /// A full `fib_flow_tasks` row as read.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = fib_flow_tasks)]
 #[allow(missing_docs)]
 pub struct TaskRow {
