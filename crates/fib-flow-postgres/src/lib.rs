@@ -4,7 +4,9 @@
 //! Owns: the pool (`AsyncPgConnection`, tokio-postgres, no libpq), the PostgreSQL migrations
 //! (`migrations/postgres/`, embedded), database creation for test isolation, the statements
 //! PostgreSQL says its own way (`statements.rs`) and wake-ups. Must not: hold
-//! transaction logic (fib-flow-sql does) or parse URLs beyond handing them to the driver.
+//! transaction logic (fib-flow-sql does; the one exception is the claim transition said in
+//! SQL for a one-round-trip claim, `pipeline.rs`, pinned to the domain's by a test) or parse
+//! URLs beyond handing them to the driver.
 //!
 //! Row locks: transitions read their row `FOR UPDATE`; claims use `FOR UPDATE SKIP LOCKED` so
 //! concurrent workers take disjoint rows. Wake-ups: writes that leave a task pending and due
