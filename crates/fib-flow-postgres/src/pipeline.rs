@@ -23,9 +23,7 @@ use fib_flow_sql::transitions::{
 use fib_flow_sql::write_plan::{BatchWrite, CandidateQuery, candidate_queries, merge_candidates};
 use futures_util::future::{BoxFuture, join, join_all, join3, join4};
 
-use crate::statements::{
-    SET_BATCH_PLAN, SET_CLAIM_PLAN, lock_tasks, select_claimable, write_batch,
-};
+use crate::statements::{SET_CLAIM_PLAN, lock_tasks, select_claimable, write_batch};
 use crate::{Conn, Postgres};
 
 /// One statement without rows, on a shared reference so that it can be pipelined.
@@ -238,7 +236,7 @@ async fn claim_planned(conn: &mut Conn, request: ClaimRequest) -> Result<Vec<Tas
 }
 
 /// An outcome batch (never empty: the store answers an empty one itself) in two round trips
-/// when no child settles: BEGIN and [`SET_BATCH_PLAN`] with the rows' `FOR
+/// when no child settles: BEGIN with the rows' `FOR
 /// UPDATE`, then the write with COMMIT. Settling parents reads more rows, so a batch with
 /// settled children writes, settles and commits one statement at a time.
 pub(crate) async fn outcome_batch(
@@ -248,14 +246,8 @@ pub(crate) async fn outcome_batch(
     hold(conn);
     let ids = batch_ids(&commands);
     let shared: &Conn = conn;
-    let (begun, planner_set, locked) = join3(
-        run(shared, "BEGIN"),
-        run(shared, SET_BATCH_PLAN),
-        lock_shared(shared, &ids),
-    )
-    .await;
+    let (begun, locked) = join(run(shared, "BEGIN"), lock_shared(shared, &ids)).await;
     let planned = begun
-        .and(planner_set)
         .and(locked)
         .map_err(TxError::from)
         .and_then(|rows| plan_batch(rows, &commands));

@@ -398,12 +398,6 @@ async fn insert_event_rows(conn: &mut Conn, rows: Vec<NewEventRow>) -> QueryResu
 pub(crate) const SET_CLAIM_PLAN: &str = "SELECT set_config('enable_sort', 'off', true), \
     set_config('jit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)";
 
-/// An outcome batch's statements (the `id = ANY` lock, the `unnest` write) are planned once per
-/// connection: their generic plans join the arrays to the primary key, as the custom ones do.
-/// Lasts until COMMIT.
-pub(crate) const SET_BATCH_PLAN: &str =
-    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)";
-
 /// The claim must walk `idx_tasks_claim` in order and stop after `limit` rows, whatever the
 /// statistics say. Right after a bulk enqueue into a young table they say the queue is nearly
 /// empty, and the planner then fetches every due row and sorts them (40 ms per claim at
