@@ -20,7 +20,7 @@ use fib_flow_sql::rows::TaskRow;
 use fib_flow_sql::transitions::{
     BatchPlan, batch_ids, check_written, plan_batch, plan_claim, settle_batch_parents,
 };
-use fib_flow_sql::write_plan::{BatchWrite, CandidateQuery, candidate_queries, merge_candidates};
+use fib_flow_sql::write_plan::{BatchWrite, CandidateQuery, candidate_queries, take_candidates};
 use futures_util::future::{BoxFuture, join, join_all, join3, join4};
 
 use crate::statements::{SET_CLAIM_PLAN, lock_tasks, select_claimable, write_batch};
@@ -222,13 +222,11 @@ async fn claim_planned(conn: &mut Conn, request: ClaimRequest) -> Result<Vec<Tas
         join_all(selects),
     )
     .await;
-    let candidates = begun.and(planner_set).map_err(TxError::from).and_then(|_| {
-        let mut rows = Vec::new();
-        for (query, found) in queries.iter().zip(selected) {
-            rows.extend(query.admit(found?));
-        }
-        Ok(merge_candidates(rows, request.limit))
-    });
+    let candidates = begun
+        .and(planner_set)
+        .and(selected.into_iter().collect::<QueryResult<Vec<_>>>())
+        .map(|found| take_candidates(&queries, found, request.limit))
+        .map_err(TxError::from);
     match candidates.and_then(|rows| plan_claim(rows, &request)) {
         Ok((claimed, batch)) => write_and_commit(conn, &batch).await.map(|()| claimed),
         Err(error) => abort(conn, error).await,
@@ -520,13 +518,15 @@ mod one_statement_claim {
     use fib_flow_sql::rows::{AttemptRow, EventRow};
     use fib_flow_sql::schema::{fib_flow_task_attempts, fib_flow_task_events, fib_flow_tasks};
 
-    use super::tests::{empty_database, new_task};
+    use fib_flow_test_support::TestDatabase;
+
+    use super::tests::{Admin, empty_database, new_task};
     use super::*;
 
     /// Tasks that exercise every input of the claim transition: a timeout or none, a tag, a
     /// priority, a workflow child, a retry (attempt, retry count, stage and progress carried
     /// over), one not yet due and one of a name nobody claims.
-    async fn varied_tasks(test: &str) -> Option<(impl Drop, Conn)> {
+    async fn varied_tasks(test: &str) -> Option<(TestDatabase<Admin>, Conn)> {
         let (db, store) = empty_database(test).await?;
         let parent = store
             .insert_tasks(vec![new_task("not-claimed")])
@@ -565,24 +565,7 @@ mod one_statement_claim {
         .execute(&mut conn)
         .await
         .expect("make a retry");
-        Some((DropDatabase(Some(db)), conn))
-    }
-
-    /// Drops the test database when the test ends (also on failure).
-    struct DropDatabase(Option<fib_flow_test_support::TestDatabase<super::tests::Admin>>);
-
-    impl Drop for DropDatabase {
-        fn drop(&mut self) {
-            if let Some(db) = self.0.take() {
-                let dropped = std::thread::spawn(move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map(|runtime| runtime.block_on(db.destroy()))
-                });
-                let _ = dropped.join();
-            }
-        }
+        Some((db, conn))
     }
 
     fn request() -> ClaimRequest {
@@ -631,10 +614,10 @@ mod one_statement_claim {
 
     #[tokio::test]
     async fn the_one_statement_claim_writes_what_the_domain_decides() {
-        let Some((_sql_db, mut by_sql)) = varied_tasks("one_statement_claim_sql").await else {
+        let Some((sql_db, mut by_sql)) = varied_tasks("one_statement_claim_sql").await else {
             return;
         };
-        let Some((_domain_db, mut by_domain)) = varied_tasks("one_statement_claim_domain").await
+        let Some((domain_db, mut by_domain)) = varied_tasks("one_statement_claim_domain").await
         else {
             return;
         };
@@ -662,5 +645,8 @@ mod one_statement_claim {
             .filter(|event| event.event_type == "task_retry_started")
             .count();
         assert_eq!(retry_events, 1, "the retry's third event");
+        drop((by_sql, by_domain));
+        sql_db.destroy().await.expect("drop database");
+        domain_db.destroy().await.expect("drop database");
     }
 }

@@ -20,7 +20,7 @@ use fib_flow_ports::{
 use crate::error::{TxError, domain_error};
 use crate::queries::{self, CronRedefinition};
 use crate::rows::{NewEventRow, RecordChanges, TaskRow, json_to_text, normalized};
-use crate::write_plan::{BatchWrite, candidate_queries, merge_candidates};
+use crate::write_plan::{BatchWrite, candidate_queries, take_candidates};
 use crate::{CHUNK, Statements};
 
 type Tx<T> = Result<T, TxError>;
@@ -301,12 +301,12 @@ async fn claim_candidates<S: Statements>(
     let lease = request
         .require_active_lease
         .then_some(request.worker_id.as_str());
-    let mut rows = Vec::new();
-    for query in candidate_queries(request) {
-        let found = S::select_claimable(conn, &query.names, now, query.limit, lease).await?;
-        rows.extend(query.admit(found));
+    let queries = candidate_queries(request);
+    let mut found = Vec::with_capacity(queries.len());
+    for query in &queries {
+        found.push(S::select_claimable(conn, &query.names, now, query.limit, lease).await?);
     }
-    Ok(merge_candidates(rows, request.limit))
+    Ok(take_candidates(&queries, found, request.limit))
 }
 
 /// One claim round (see `TaskStore::claim`).

@@ -277,6 +277,21 @@ impl CandidateQuery {
     }
 }
 
+/// What a claim round takes from the rows each of `queries` found (`found[i]` from
+/// `queries[i]`): each query's admitted rows, merged in claim order, at most `limit`.
+pub fn take_candidates(
+    queries: &[CandidateQuery],
+    found: Vec<Vec<TaskRow>>,
+    limit: u32,
+) -> Vec<TaskRow> {
+    let rows = queries
+        .iter()
+        .zip(found)
+        .flat_map(|(query, rows)| query.admit(rows))
+        .collect();
+    merge_candidates(rows, limit)
+}
+
 /// Merges the candidates of every query in claim order (`priority DESC, next_run_time, id`)
 /// and keeps the first `limit`.
 pub fn merge_candidates(mut rows: Vec<TaskRow>, limit: u32) -> Vec<TaskRow> {
