@@ -32,6 +32,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+mod completion;
 mod pipeline;
 mod statements;
 

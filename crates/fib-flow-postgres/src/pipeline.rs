@@ -16,6 +16,7 @@ use fib_flow_domain::Task;
 use fib_flow_domain::time::to_millis;
 use fib_flow_ports::{BatchCommand, ClaimRequest, PortError};
 use fib_flow_sql::TxError;
+use fib_flow_sql::prepared::keep_prepared;
 use fib_flow_sql::rows::TaskRow;
 use fib_flow_sql::transitions::{
     BatchPlan, batch_ids, check_written, plan_batch, plan_claim, settle_batch_parents,
@@ -23,13 +24,16 @@ use fib_flow_sql::transitions::{
 use fib_flow_sql::write_plan::{BatchWrite, CandidateQuery, candidate_queries, take_candidates};
 use futures_util::future::{BoxFuture, join, join_all, join3, join4};
 
-use crate::statements::{SET_CLAIM_PLAN, lock_tasks, select_claimable, write_batch};
+use crate::completion::{Completions, refused};
+use crate::statements::{
+    SET_CLAIM_PLAN, SET_WRITE_PLAN, lock_tasks, select_claimable, write_batch,
+};
 use crate::{Conn, Postgres};
 
 /// One statement without rows, on a shared reference so that it can be pipelined.
 fn run<'a>(conn: &'a Conn, sql: &'static str) -> BoxFuture<'a, QueryResult<usize>> {
     let mut shared = conn;
-    diesel::sql_query(sql).execute(&mut shared)
+    keep_prepared(diesel::sql_query(sql)).execute(&mut shared)
 }
 
 fn select_shared<'a>(
@@ -158,14 +162,16 @@ fn claim_shared<'a>(
     use diesel::sql_types::{Array, BigInt, Bool, Text};
     let mut shared = conn;
     Box::pin(async move {
-        diesel::sql_query(CLAIM)
-            .bind::<BigInt, _>(to_millis(request.now))
-            .bind::<Array<Text>, _>(&query.names)
-            .bind::<Bool, _>(!request.require_active_lease)
-            .bind::<Text, _>(&request.worker_id)
-            .bind::<BigInt, _>(query.limit)
-            .load(&mut shared)
-            .await
+        keep_prepared(
+            diesel::sql_query(CLAIM)
+                .bind::<BigInt, _>(to_millis(request.now))
+                .bind::<Array<Text>, _>(&query.names)
+                .bind::<Bool, _>(!request.require_active_lease)
+                .bind::<Text, _>(&request.worker_id)
+                .bind::<BigInt, _>(query.limit),
+        )
+        .load(&mut shared)
+        .await
     })
 }
 
@@ -205,7 +211,10 @@ async fn claim_in_one_statement(
 /// A claim round in two round trips: BEGIN, [`SET_CLAIM_PLAN`] and the SKIP LOCKED selects (one per
 /// candidate query of the claim plan) together, then the write and COMMIT together. For
 /// rounds with per-name or per-queue caps, which [`claim_in_one_statement`] cannot say.
-async fn claim_planned(conn: &mut Conn, request: ClaimRequest) -> Result<Vec<Task>, TxError> {
+pub(crate) async fn claim_planned(
+    conn: &mut Conn,
+    request: ClaimRequest,
+) -> Result<Vec<Task>, TxError> {
     let queries = candidate_queries(&request);
     let now = to_millis(request.now);
     let lease = request
@@ -233,19 +242,74 @@ async fn claim_planned(conn: &mut Conn, request: ClaimRequest) -> Result<Vec<Tas
     }
 }
 
-/// An outcome batch (never empty: the store answers an empty one itself) in two round trips
-/// when no child settles: BEGIN with the rows' `FOR
-/// UPDATE`, then the write with COMMIT. Settling parents reads more rows, so a batch with
-/// settled children writes, settles and commits one statement at a time.
+/// An outcome batch (never empty: the store answers an empty one itself). A batch of plain
+/// completions is one statement ([`completion`](crate::completion)); when that statement finds
+/// a row it cannot write (a workflow child, a cron task, a stale attempt), it writes nothing
+/// and the batch takes the general path, [`outcome_batch_planned`].
 pub(crate) async fn outcome_batch(
+    conn: &mut Conn,
+    commands: Vec<BatchCommand>,
+) -> Result<Vec<Result<Task, PortError>>, TxError> {
+    if let Some(completions) = Completions::of(&commands)
+        && let Some(verdicts) = complete_in_one_round_trip(conn, &completions).await?
+    {
+        return Ok(verdicts);
+    }
+    outcome_batch_planned(conn, commands).await
+}
+
+/// A batch of plain completions in one round trip: BEGIN, [`SET_WRITE_PLAN`], the completion
+/// statement and COMMIT sent together. `None` when the statement refused the batch: it failed,
+/// so the COMMIT behind it rolled back and nothing was written.
+pub(crate) async fn complete_in_one_round_trip(
+    conn: &mut Conn,
+    completions: &Completions,
+) -> Result<Option<Vec<Result<Task, PortError>>>, TxError> {
+    hold(conn);
+    let shared: &Conn = conn;
+    let (begun, planner_set, completed, committed) = join4(
+        run(shared, "BEGIN"),
+        run(shared, SET_WRITE_PLAN),
+        completions.load(shared),
+        run(shared, "COMMIT"),
+    )
+    .await;
+    match (begun.and(planner_set).and(completed), committed) {
+        (Ok(rows), Ok(_)) => {
+            release(conn);
+            completions.verdicts(rows).map(Some)
+        }
+        (Err(error), Ok(_)) if refused(&error) => {
+            release(conn);
+            tracing::trace!("not a batch of plain completions; writing it through the domain");
+            Ok(None)
+        }
+        (Err(error), Ok(_)) => {
+            release(conn);
+            Err(error.into())
+        }
+        (_, Err(error)) => abort(conn, error.into()).await,
+    }
+}
+
+/// An outcome batch through the domain, in two round trips when no child settles: BEGIN,
+/// [`SET_WRITE_PLAN`] and the rows' `FOR UPDATE`, then the write with COMMIT. Settling parents reads more rows, so a
+/// batch with settled children writes, settles and commits one statement at a time.
+pub(crate) async fn outcome_batch_planned(
     conn: &mut Conn,
     commands: Vec<BatchCommand>,
 ) -> Result<Vec<Result<Task, PortError>>, TxError> {
     hold(conn);
     let ids = batch_ids(&commands);
     let shared: &Conn = conn;
-    let (begun, locked) = join(run(shared, "BEGIN"), lock_shared(shared, &ids)).await;
+    let (begun, planner_set, locked) = join3(
+        run(shared, "BEGIN"),
+        run(shared, SET_WRITE_PLAN),
+        lock_shared(shared, &ids),
+    )
+    .await;
     let planned = begun
+        .and(planner_set)
         .and(locked)
         .map_err(TxError::from)
         .and_then(|rows| plan_batch(rows, &commands));
@@ -282,7 +346,7 @@ pub(crate) async fn outcome_batch(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use diesel::sql_types::BigInt;
@@ -296,7 +360,7 @@ mod tests {
 
     use super::*;
 
-    pub(super) struct Admin;
+    pub(crate) struct Admin;
 
     impl DatabaseAdmin for Admin {
         type Error = PortError;
@@ -315,7 +379,7 @@ mod tests {
         }
     }
 
-    pub(super) fn new_task(name: &str) -> NewTask {
+    pub(crate) fn new_task(name: &str) -> NewTask {
         let created = from_millis(1_700_000_000_000);
         NewTask {
             name: name.into(),
@@ -339,7 +403,7 @@ mod tests {
 
     /// A fresh, migrated database, and a raw connection to it; `None` (and why) when no
     /// PostgreSQL server is configured outside CI.
-    pub(super) async fn empty_database(
+    pub(crate) async fn empty_database(
         test: &str,
     ) -> Option<(
         TestDatabase<Admin>,
@@ -399,6 +463,54 @@ mod tests {
             .await
             .expect(sql)
             .n
+    }
+
+    /// The hot statements keep their prepared form on the connection: parsing and planning
+    /// them on every call cost more than running them (see `fib_flow_sql::prepared`).
+    #[tokio::test]
+    async fn claims_and_completions_are_prepared_once_per_connection() {
+        let Some((db, mut conn, id)) =
+            database_with_a_task("claims_and_completions_are_prepared_once_per_connection").await
+        else {
+            return;
+        };
+        for _ in 0..3 {
+            claim_round(&mut conn, claim_request())
+                .await
+                .expect("claim");
+        }
+        let completion = vec![BatchCommand {
+            task_id: fib_flow_domain::TaskId(id),
+            command: fib_flow_domain::Command::Complete {
+                attempt: 1,
+                result: Value::Null,
+            },
+            at: from_millis(1_700_000_002_000),
+        }];
+        let verdicts = outcome_batch(&mut conn, completion.clone())
+            .await
+            .expect("complete");
+        assert!(verdicts[0].is_ok(), "{verdicts:?}");
+        let stale = outcome_batch(&mut conn, completion).await.expect("stale");
+        assert!(
+            matches!(stale[0], Err(PortError::Stale { .. })),
+            "{stale:?}"
+        );
+        let prepared = |statement: &str| {
+            format!(
+                "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE '{statement}%'"
+            )
+        };
+        for (statement, copies) in [("WITH picked AS", 1), ("WITH v AS", 1), ("WITH u AS", 0)] {
+            let found = diesel::sql_query(prepared(statement))
+                .get_result::<Count>(&mut conn)
+                .await
+                .expect("pg_prepared_statements")
+                .n;
+            assert_eq!(found, copies, "{statement}");
+        }
+        drop(conn);
+        db.destroy().await.expect("drop database");
     }
 
     #[tokio::test]
@@ -510,7 +622,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod one_statement_claim {
+pub(crate) mod one_statement_claim {
     use diesel::{QueryDsl, SelectableHelper};
     use diesel_async::AsyncConnection;
     use fib_flow_domain::time::from_millis;
@@ -526,7 +638,7 @@ mod one_statement_claim {
     /// Tasks that exercise every input of the claim transition: a timeout or none, a tag, a
     /// priority, a workflow child, a retry (attempt, retry count, stage and progress carried
     /// over), one not yet due and one of a name nobody claims.
-    async fn varied_tasks(test: &str) -> Option<(TestDatabase<Admin>, Conn)> {
+    pub(crate) async fn varied_tasks(test: &str) -> Option<(TestDatabase<Admin>, Conn)> {
         let (db, store) = empty_database(test).await?;
         let parent = store
             .insert_tasks(vec![new_task("not-claimed")])
@@ -568,7 +680,7 @@ mod one_statement_claim {
         Some((db, conn))
     }
 
-    fn request() -> ClaimRequest {
+    pub(crate) fn request() -> ClaimRequest {
         ClaimRequest {
             worker_id: "w-1".into(),
             now: from_millis(1_700_000_001_234),
@@ -587,7 +699,7 @@ mod one_statement_claim {
     }
 
     /// Everything the claim wrote, without the event ids (their order is compared instead).
-    async fn written(conn: &mut Conn) -> (Vec<TaskRow>, Vec<AttemptRow>, Vec<EventRow>) {
+    pub(crate) async fn written(conn: &mut Conn) -> (Vec<TaskRow>, Vec<AttemptRow>, Vec<EventRow>) {
         let tasks = fib_flow_tasks::table
             .order(fib_flow_tasks::id)
             .select(TaskRow::as_select())

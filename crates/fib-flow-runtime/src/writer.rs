@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::engine::Inner;
 use crate::store_faults::retry_transient;
 
-/// Most outcomes in one write transaction (the engine never has more than
-/// `max_concurrent_tasks` executions to write for anyway).
+/// Most outcomes in one write transaction. A slot is free again when its handler returns, not
+/// when its outcome is written, so more than `max_concurrent_tasks` outcomes can be waiting
+/// when the database is slower than the handlers: they are written together.
 const MAX_OUTCOME_BATCH: usize = 500;
 
 /// One outcome waiting for its batch.
@@ -48,6 +49,7 @@ impl OutcomeWriter {
             handlers,
             settings: WriterSettings {
                 max_batch: settings.max_batch.max(1),
+                linger_batch: settings.linger_batch.clamp(1, settings.max_batch.max(1)),
                 ..settings
             },
         };
@@ -87,7 +89,8 @@ impl Inner {
                 self.store.clone(),
                 self.handlers.subscribe(),
                 WriterSettings {
-                    max_batch: self.options.max_concurrent_tasks.min(MAX_OUTCOME_BATCH),
+                    max_batch: MAX_OUTCOME_BATCH,
+                    linger_batch: self.options.max_concurrent_tasks,
                     linger: self.options.outcome_linger,
                     give_up_after: self.options.task_heartbeat_timeout,
                 },
@@ -108,6 +111,9 @@ fn writer_gone() -> PortError {
 pub(crate) struct WriterSettings {
     /// Most commands in one transaction.
     pub(crate) max_batch: usize,
+    /// A batch this large is written at once, without lingering: as many outcomes as can
+    /// run at the same time (`max_concurrent_tasks`).
+    pub(crate) linger_batch: usize,
     /// Longest wait for running executions to report before a flush.
     pub(crate) linger: Duration,
     /// How long a transient fault is retried.
@@ -135,7 +141,8 @@ impl Writer {
                     Ok(next) => batch.push(next),
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        if *self.handlers.borrow() == 0 {
+                        if *self.handlers.borrow() == 0 || batch.len() >= self.settings.linger_batch
+                        {
                             break;
                         }
                         match tokio::time::timeout_at(linger_until, pending.recv()).await {
@@ -212,5 +219,77 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, mpsc as blocking_mpsc};
+
+    use fib_flow_ports::MockTaskStore;
+    use futures_util::FutureExt;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::tests::{running_task, t0};
+
+    /// Outcomes that queued up while a batch was being written go out in the next batch
+    /// together, more of them than `max_concurrent_tasks` (`linger_batch`): slots are free
+    /// again when handlers return, so a backlog can outgrow the concurrency.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_beyond_the_concurrency_is_written_in_one_batch() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (release, gate) = blocking_mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let (first_in_store, first_seen) = tokio::sync::oneshot::channel::<()>();
+        let first_in_store = Mutex::new(Some(first_in_store));
+        let recorded = sizes.clone();
+        let mut store = MockTaskStore::new();
+        store.expect_apply_batch().returning(move |commands| {
+            recorded.lock().unwrap().push(commands.len());
+            if let Some(seen) = first_in_store.lock().unwrap().take() {
+                let _ = seen.send(());
+                // The store is busy with the first batch until the backlog has queued.
+                let _ = gate.lock().unwrap().recv();
+            }
+            Ok(commands
+                .iter()
+                .map(|command| Ok(running_task(command.task_id.0, "t", 1, t0())))
+                .collect())
+        });
+        let (_handlers, running) = watch::channel(0usize);
+        let writer = OutcomeWriter::spawn(
+            Arc::new(store),
+            running,
+            WriterSettings {
+                max_batch: MAX_OUTCOME_BATCH,
+                linger_batch: 10,
+                linger: Duration::from_millis(2),
+                give_up_after: Duration::from_secs(1),
+            },
+        );
+        let complete = |id: i64| {
+            writer.write(
+                TaskId(id),
+                Command::Complete {
+                    attempt: 1,
+                    result: Value::Null,
+                },
+                t0(),
+            )
+        };
+        let mut first = Box::pin(complete(1));
+        assert!((&mut first).now_or_never().is_none(), "queued");
+        first_seen.await.unwrap();
+        let mut backlog: Vec<_> = (2..=26).map(|id| Box::pin(complete(id))).collect();
+        for write in &mut backlog {
+            assert!(write.as_mut().now_or_never().is_none(), "queued");
+        }
+        release.send(()).unwrap();
+        first.await.unwrap();
+        for write in backlog {
+            write.await.unwrap();
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 25]);
     }
 }

@@ -27,6 +27,7 @@ pub mod blocking;
 mod connection;
 pub mod error;
 pub mod json_column;
+pub mod prepared;
 pub mod queries;
 pub mod retention;
 pub mod rows;
