@@ -4,9 +4,10 @@
 //! Owns: the pool (`AsyncPgConnection`, tokio-postgres, no libpq), the PostgreSQL migrations
 //! (`migrations/postgres/`, embedded), database creation for test isolation, the statements
 //! PostgreSQL says its own way (`statements.rs`) and wake-ups. Must not: hold
-//! transaction logic (fib-flow-sql does; the one exception is the claim transition said in
-//! SQL for a one-round-trip claim, `pipeline.rs`, pinned to the domain's by a test) or parse
-//! URLs beyond handing them to the driver.
+//! transaction logic (fib-flow-sql does; the two exceptions are the claim transition and the
+//! completion of a plain async task said in SQL, each in one round trip, `pipeline.rs` and
+//! `completion.rs`, each pinned to the domain's by a test) or parse URLs beyond handing them
+//! to the driver.
 //!
 //! Row locks: transitions read their row `FOR UPDATE`; claims use `FOR UPDATE SKIP LOCKED` so
 //! concurrent workers take disjoint rows. Wake-ups: writes that leave a task pending and due

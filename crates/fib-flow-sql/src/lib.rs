@@ -6,8 +6,9 @@
 //! domain ([`rows`]), the write plan of a batch of transitions ([`write_plan`]), the
 //! transaction logic of every [`TaskStore`](fib_flow_ports::TaskStore) operation
 //! ([`transitions`], [`workers`], [`retention`]), the statements whose SQL is the same on every
-//! backend ([`queries`]), the generic store ([`SqlStore`]) and the mapping of database errors
-//! onto [`PortError`](fib_flow_ports::PortError) ([`error`]).
+//! backend ([`queries`]), the generic store ([`SqlStore`]), the mapping of database errors
+//! onto [`PortError`](fib_flow_ports::PortError) ([`error`]) and the marker that keeps a
+//! fixed-text statement prepared ([`prepared`]).
 //!
 //! Must not: decide transitions (every status change is computed by
 //! [`fib_flow_domain::apply`]; this crate loads the rows, calls it and writes the result under
