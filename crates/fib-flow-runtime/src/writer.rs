@@ -246,11 +246,11 @@ mod tests {
         let recorded = sizes.clone();
         let mut store = MockTaskStore::new();
         store.expect_apply_batch().returning(move |commands| {
-            recorded.lock().unwrap().push(commands.len());
-            if let Some(seen) = first_in_store.lock().unwrap().take() {
+            recorded.lock().expect("sizes").push(commands.len());
+            if let Some(seen) = first_in_store.lock().expect("signal").take() {
                 let _ = seen.send(());
                 // The store is busy with the first batch until the backlog has queued.
-                let _ = gate.lock().unwrap().recv();
+                let _ = gate.lock().expect("gate").recv();
             }
             Ok(commands
                 .iter()
@@ -280,16 +280,16 @@ mod tests {
         };
         let mut first = Box::pin(complete(1));
         assert!((&mut first).now_or_never().is_none(), "queued");
-        first_seen.await.unwrap();
+        first_seen.await.expect("the first batch reached the store");
         let mut backlog: Vec<_> = (2..=26).map(|id| Box::pin(complete(id))).collect();
         for write in &mut backlog {
             assert!(write.as_mut().now_or_never().is_none(), "queued");
         }
-        release.send(()).unwrap();
-        first.await.unwrap();
+        release.send(()).expect("the store waits");
+        first.await.expect("first outcome written");
         for write in backlog {
-            write.await.unwrap();
+            write.await.expect("backlog outcome written");
         }
-        assert_eq!(*sizes.lock().unwrap(), vec![1, 25]);
+        assert_eq!(*sizes.lock().expect("sizes"), vec![1, 25]);
     }
 }
