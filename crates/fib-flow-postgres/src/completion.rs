@@ -46,7 +46,8 @@ use crate::statements::GUARD_MISSED;
 /// is a plain completion (it reads the guard first, so that it runs even when no row
 /// matched); the test
 /// `plain_completions_write_what_the_domain_decides` pins the rest to the domain.
-const COMPLETE: &str = "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::int[], \
+const COMPLETE: &str = concat!(
+    "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::int[], \
         $3::jsonb[], $4::bigint[], $6::text[]) WITH ORDINALITY \
         AS v(id, attempt, result, at, running, n)), \
   done AS (UPDATE fib_flow_tasks AS t SET status = 'completed', deadline = NULL, \
@@ -66,10 +67,12 @@ const COMPLETE: &str = "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::int[],
         jsonb_build_object('error', NULL::text, 'retry_count', d.retry_count, \
             'next_run_time', NULL::text) \
     FROM done AS d ORDER BY d.command_order) \
-SELECT d.*, d.type AS task_type \
-FROM (SELECT fib_flow_guards_matched((SELECT count(*) FROM done \
+SELECT ",
+    task_row_columns!("d"),
+    " FROM (SELECT fib_flow_guards_matched((SELECT count(*) FROM done \
         WHERE done.type = 'async' AND done.parent_id IS NULL), $5)) AS g(matched) \
-    LEFT JOIN done AS d ON true";
+    LEFT JOIN done AS d ON true"
+);
 
 /// A batch that [`COMPLETE`] may write, as its bound arrays.
 pub(crate) struct Completions {

@@ -33,6 +33,98 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+/// The columns of a [`TaskRow`](fib_flow_sql::rows::TaskRow) read from `$alias`, for the
+/// final select of a statement that returns task rows. Named one by one, not `$alias.*`: the
+/// statements stay prepared, and a prepared statement whose result columns change (a newer
+/// migration adding a column while this process runs) fails with "cached plan must not change
+/// result type" on every later call.
+macro_rules! task_row_columns {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".id, ",
+            $alias,
+            ".name, ",
+            $alias,
+            ".type AS task_type, ",
+            $alias,
+            ".status, ",
+            $alias,
+            ".priority, ",
+            $alias,
+            ".payload, ",
+            $alias,
+            ".created_at, ",
+            $alias,
+            ".tag, ",
+            $alias,
+            ".next_run_time, ",
+            $alias,
+            ".last_active_time, ",
+            $alias,
+            ".last_event_time, ",
+            $alias,
+            ".last_event_type, ",
+            $alias,
+            ".result, ",
+            $alias,
+            ".error, ",
+            $alias,
+            ".current_stage_name, ",
+            $alias,
+            ".progress_text, ",
+            $alias,
+            ".progress_percent, ",
+            $alias,
+            ".stage, ",
+            $alias,
+            ".timeout_ms, ",
+            $alias,
+            ".retry_count, ",
+            $alias,
+            ".max_retries, ",
+            $alias,
+            ".retry_interval_ms, ",
+            $alias,
+            ".retry_backoff, ",
+            $alias,
+            ".cron_expr, ",
+            $alias,
+            ".timezone, ",
+            $alias,
+            ".root_id, ",
+            $alias,
+            ".parent_id, ",
+            $alias,
+            ".parent_round, ",
+            $alias,
+            ".total_children, ",
+            $alias,
+            ".completed_children, ",
+            $alias,
+            ".child_failure_policy, ",
+            $alias,
+            ".worker_id, ",
+            $alias,
+            ".start_time, ",
+            $alias,
+            ".deadline, ",
+            $alias,
+            ".attempt, ",
+            $alias,
+            ".context, ",
+            $alias,
+            ".suspend_reason, ",
+            $alias,
+            ".suspend_metadata, ",
+            $alias,
+            ".cron_key, ",
+            $alias,
+            ".unique_key"
+        )
+    };
+}
+
 mod completion;
 mod pipeline;
 mod statements;

@@ -122,7 +122,8 @@ pub(crate) async fn claim_round(
 /// `the_one_statement_claim_writes_what_the_domain_decides` pins it to the domain's.
 /// Events go in claim order, each task's in the domain's order. The rows come back by column
 /// name, and the `type` column is `task_type` in [`TaskRow`].
-const CLAIM: &str = "WITH picked AS (SELECT id FROM fib_flow_tasks \
+const CLAIM: &str = concat!(
+    "WITH picked AS (SELECT id FROM fib_flow_tasks \
     WHERE fib_flow_tasks.status = 'pending' AND next_run_time <= $1 AND name = ANY($2) \
       AND ($3 OR EXISTS (SELECT 1 FROM fib_flow_workers \
         WHERE fib_flow_workers.status = 'active' AND fib_flow_workers.worker_id = $4)) \
@@ -152,7 +153,10 @@ const CLAIM: &str = "WITH picked AS (SELECT id FROM fib_flow_tasks \
       AS e(seq, event_type, message, metadata) \
     WHERE e.seq < 3 OR c.retry_count > 0 \
     ORDER BY c.priority DESC, c.next_run_time, c.id, e.seq) \
-SELECT *, type AS task_type FROM claimed ORDER BY priority DESC, next_run_time, id";
+SELECT ",
+    task_row_columns!("c"),
+    " FROM claimed AS c ORDER BY c.priority DESC, c.next_run_time, c.id"
+);
 
 fn claim_shared<'a>(
     conn: &'a Conn,
@@ -509,6 +513,62 @@ pub(crate) mod tests {
                 .n;
             assert_eq!(found, copies, "{statement}");
         }
+        drop(conn);
+        db.destroy().await.expect("drop database");
+    }
+
+    /// A newer migration may add a column while this process runs, its statements prepared:
+    /// they name their result columns, so they keep working (a `*` in a prepared statement's
+    /// result fails with "cached plan must not change result type" from then on).
+    #[tokio::test]
+    async fn prepared_claims_and_completions_survive_a_column_added_meanwhile() {
+        let Some((db, store)) =
+            empty_database("prepared_claims_and_completions_survive_a_column_added").await
+        else {
+            return;
+        };
+        store
+            .insert_tasks(vec![new_task("pipelined"), new_task("pipelined")])
+            .await
+            .expect("insert");
+        store.close().await;
+        let mut conn = Conn::establish(db.url()).await.expect("raw connection");
+        let one_at_a_time = ClaimRequest {
+            limit: 1,
+            ..claim_request()
+        };
+        for round in 0..2 {
+            let claimed = claim_round(&mut conn, one_at_a_time.clone())
+                .await
+                .expect("claim");
+            let [task] = claimed.as_slice() else {
+                panic!("one task claimed in round {round}: {claimed:?}");
+            };
+            let completion = vec![BatchCommand {
+                task_id: task.id,
+                command: fib_flow_domain::Command::Complete {
+                    attempt: task.attempt,
+                    result: Value::from(round),
+                },
+                at: from_millis(1_700_000_002_000),
+            }];
+            let verdicts = outcome_batch(&mut conn, completion)
+                .await
+                .expect("complete");
+            assert!(verdicts[0].is_ok(), "round {round}: {verdicts:?}");
+            if round == 0 {
+                diesel::sql_query("ALTER TABLE fib_flow_tasks ADD COLUMN added_later INT")
+                    .execute(&mut conn)
+                    .await
+                    .expect("add a column");
+            }
+        }
+        let completed = count(
+            &mut conn,
+            "SELECT count(*) AS n FROM fib_flow_tasks WHERE status = 'completed'",
+        )
+        .await;
+        assert_eq!(completed, 2);
         drop(conn);
         db.destroy().await.expect("drop database");
     }
