@@ -39,6 +39,11 @@ use crate::statements::GUARD_MISSED;
 /// condition, its guessed selectivity made the planner expect one task and scan the table
 /// once per completion (1 s for a batch of 500).
 ///
+/// The rows come in ascending id order (`v` is sorted), so that the update locks them in the
+/// order every other multi-row write does (docs/semantics.md, "Batched outcomes") whenever it
+/// walks `v` or the primary key; a deadlock with another order is detected by PostgreSQL and
+/// retried as a transient fault.
+///
 /// T3 (`running` → `completed`, async, no parent) as `fib_flow_domain::apply` writes it: the
 /// task row, its attempt closed `completed`, the `task_completed` event with the reference's
 /// generic message and metadata. Events go in command order. The final select fails the whole
@@ -49,7 +54,7 @@ use crate::statements::GUARD_MISSED;
 const COMPLETE: &str = concat!(
     "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::int[], \
         $3::jsonb[], $4::bigint[], $6::text[]) WITH ORDINALITY \
-        AS v(id, attempt, result, at, running, n)), \
+        AS v(id, attempt, result, at, running, n) ORDER BY id), \
   done AS (UPDATE fib_flow_tasks AS t SET status = 'completed', deadline = NULL, \
         result = v.result, error = NULL, last_active_time = v.at, last_event_time = v.at, \
         last_event_type = 'task_completed' \
